@@ -1,0 +1,57 @@
+# The course's two commands. Each does ALL set-up on a fresh machine:
+#   make book   -> creates .venv, installs the course, builds the HTML book in _build/html
+#   make test   -> creates .venv, installs the course, runs every test (package + notebooks)
+#
+# torch: a CPU build by default (no CUDA wheels). With a GPU, pick another build, e.g.
+#   make book TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# (see README.md, "Running on a GPU").
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+CONSTRAINTS ?= constraints.txt
+BIN         := $(VENV)/bin
+INSTALLED   := $(VENV)/.installed
+OFFLINE     := _offline/.installed
+PY_SOURCES  := $(wildcard companion/*.py)
+
+.PHONY: book test env clean help
+
+help:
+	@echo "make book   build the HTML book into _build/html (sets up .venv first)"
+	@echo "make test   run every test: package tests and every notebook (sets up .venv first)"
+
+env: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+# MathJax and the widget manager, served by the site itself (html_extra_path: _offline).
+$(OFFLINE): tools/offline-assets/package.json tools/offline-assets/package-lock.json
+	cd tools/offline-assets && npm ci --no-audit --no-fund --loglevel=error
+	rm -rf _offline && mkdir -p _offline/widgets
+	cp -r tools/offline-assets/node_modules/mathjax/es5 _offline/mathjax
+	cp -r tools/offline-assets/node_modules/@jupyter-widgets/html-manager/dist/. _offline/widgets/
+	cp tools/offline-assets/node_modules/requirejs/require.js _offline/widgets/require.js
+	touch $@
+
+# The execution cache does not see edits to the package: drop it when companion/ changes.
+_build/.companion-stamp: $(PY_SOURCES)
+	rm -rf _build/.jupyter_cache
+	mkdir -p _build && touch $@
+
+book: $(INSTALLED) $(OFFLINE) _build/.companion-stamp
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python tools/check_site.py _build/html
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf _build _offline

@@ -1,0 +1,140 @@
+r"""Distances between probability distributions (chapter "Generative vs discriminative models").
+
+For discrete distributions p and q on the same support (probability vectors along
+the last axis):
+
+.. math::
+
+    H(p) = -\sum_i p_i \log p_i, \qquad
+    H(p, q) = -\sum_i p_i \log q_i, \qquad
+    \mathrm{KL}(p \,\|\, q) = \sum_i p_i \log \frac{p_i}{q_i} = H(p, q) - H(p),
+
+    \mathrm{JSD}(p \,\|\, q) = \tfrac12 \mathrm{KL}(p \,\|\, m) + \tfrac12 \mathrm{KL}(q \,\|\, m),
+    \quad m = \tfrac12 (p + q),
+
+with the conventions :math:`0 \log 0 = 0` and :math:`p \log(p / 0) = +\infty` for
+p > 0. Logarithms are natural (nats); JSD lies in :math:`[0, \log 2]`.
+
+For diagonal Gaussians :math:`q = \mathcal N(\mu_q, \operatorname{diag} \sigma_q^2)` and
+:math:`p = \mathcal N(\mu_p, \operatorname{diag} \sigma_p^2)`, the chapter derives with sympy
+
+.. math::
+
+    \mathrm{KL}(q \,\|\, p) = \frac12 \sum_j \left( \log \frac{\sigma_{p,j}^2}{\sigma_{q,j}^2}
+        + \frac{\sigma_{q,j}^2 + (\mu_{q,j} - \mu_{p,j})^2}{\sigma_{p,j}^2} - 1 \right).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["entropy", "cross_entropy", "kl_divergence", "js_divergence", "gaussian_kl", "check_probability_vectors"]
+
+
+def check_probability_vectors(*dists: Tensor, names: tuple[str, ...] | None = None, atol: float = 1e-6) -> None:
+    """Raise ``ValueError`` unless every tensor holds probability vectors along its last axis.
+
+    Checks: all have the same shape, no negative or NaN entries, each row sums to 1
+    within ``atol`` (scaled by the row length).
+    """
+    names = names or tuple(f"argument {i}" for i in range(len(dists)))
+    shape = dists[0].shape
+    for name, d in zip(names, dists):
+        if not isinstance(d, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(d).__name__}")
+        if d.shape != shape:
+            raise ValueError(
+                f"shape mismatch: {names[0]} has shape {tuple(shape)} but {name} has shape {tuple(d.shape)}"
+            )
+        if d.ndim == 0:
+            raise ValueError(f"{name} is a scalar; expected probability vectors along the last axis")
+        if torch.isnan(d).any():
+            raise ValueError(f"{name} contains NaN")
+        if (d < 0).any():
+            raise ValueError(f"{name} has negative entries (min {d.min().item():.3g}); probabilities must be >= 0")
+        sums = d.sum(-1)
+        tol = atol * max(1, d.shape[-1]) ** 0.5
+        if not torch.allclose(sums, torch.ones_like(sums), atol=tol, rtol=0):
+            worst = sums[(sums - 1).abs().argmax()] if sums.ndim else sums
+            raise ValueError(
+                f"{name} does not sum to 1 along its last axis (a row sums to {float(worst):.6g}); "
+                "normalize it first"
+            )
+
+
+def _xlogy(x: Tensor, y: Tensor) -> Tensor:
+    """x log y with 0 log y = 0 (even for y = 0)."""
+    return torch.xlogy(x, y)
+
+
+def entropy(p: Tensor) -> Tensor:
+    """Shannon entropy H(p) in nats. p: (..., K) -> (...)."""
+    check_probability_vectors(p, names=("p",))
+    return -_xlogy(p, p).sum(-1)
+
+
+def cross_entropy(p: Tensor, q: Tensor) -> Tensor:
+    """Cross-entropy H(p, q) = -sum p log q in nats; +inf where q = 0 < p. (..., K) -> (...)."""
+    check_probability_vectors(p, q, names=("p", "q"))
+    return -_xlogy(p, q).sum(-1)
+
+
+def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """KL(p || q) = sum_i p_i log(p_i / q_i) in nats.
+
+    Args:
+        p, q: probability vectors along the last axis, same shape (..., K).
+
+    Returns:
+        (...) tensor; ``inf`` where some q_i = 0 < p_i; terms with p_i = 0 count 0.
+    """
+    check_probability_vectors(p, q, names=("p", "q"))
+    # xlogy(p, p) - xlogy(p, q) keeps 0 log 0 = 0 and gives +inf when q = 0 < p.
+    return (_xlogy(p, p) - _xlogy(p, q)).sum(-1)
+
+
+def js_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """Jensen-Shannon divergence JSD(p || q) in nats: symmetric, finite, in [0, log 2].
+
+    Args:
+        p, q: probability vectors along the last axis, same shape (..., K).
+    """
+    check_probability_vectors(p, q, names=("p", "q"))
+    m = 0.5 * (p + q)
+    # m_i >= p_i / 2 > 0 wherever p_i > 0, so both KL terms are finite.
+    kl_pm = (_xlogy(p, p) - _xlogy(p, m)).sum(-1)
+    kl_qm = (_xlogy(q, q) - _xlogy(q, m)).sum(-1)
+    return 0.5 * kl_pm + 0.5 * kl_qm
+
+
+def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor | float = 0.0, logvar_p: Tensor | float = 0.0) -> Tensor:
+    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))), summed over the last axis.
+
+    With the defaults the prior is N(0, I) and this is the VAE's KL term
+    ``0.5 * sum(mu^2 + exp(logvar) - 1 - logvar)``.
+
+    Args:
+        mu_q, logvar_q: (..., D) mean and log-variance of q.
+        mu_p, logvar_p: mean and log-variance of p, broadcastable to (..., D).
+
+    Returns:
+        (...) tensor of KL values in nats.
+    """
+    mu_q, logvar_q = torch.as_tensor(mu_q), torch.as_tensor(logvar_q)
+    if mu_q.shape != logvar_q.shape:
+        raise ValueError(f"mu_q has shape {tuple(mu_q.shape)} but logvar_q has shape {tuple(logvar_q.shape)}")
+    if mu_q.ndim == 0:
+        raise ValueError("mu_q is a scalar; expected a (..., D) tensor (D = latent dimension)")
+    mu_p = torch.as_tensor(mu_p, dtype=mu_q.dtype, device=mu_q.device)
+    logvar_p = torch.as_tensor(logvar_p, dtype=mu_q.dtype, device=mu_q.device)
+    for name, t in (("mu_p", mu_p), ("logvar_p", logvar_p)):
+        try:
+            torch.broadcast_shapes(t.shape, mu_q.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}, not broadcastable to mu_q's shape {tuple(mu_q.shape)}"
+            ) from None
+    var_ratio = torch.exp(logvar_q - logvar_p)
+    mahalanobis = (mu_q - mu_p).pow(2) * torch.exp(-logvar_p)
+    return 0.5 * (logvar_p - logvar_q + var_ratio + mahalanobis - 1.0).sum(-1)

@@ -1,0 +1,161 @@
+"""Training helpers shared by every chapter: seeding, mini-batches, a loop with a progress bar.
+
+Models never train themselves: a chapter writes a ``step(batch) -> dict of floats``
+function (one optimisation step) and hands it to :func:`train_loop`, which runs it,
+shows a ``tqdm`` progress bar with running averages, and returns the history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["seed_everything", "minibatches", "History", "train_loop", "cache_dir", "train_or_load"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's ``random``, numpy and torch, and return a seeded ``torch.Generator``.
+
+    With the same seed, the same code gives the same numbers on the same machine and
+    torch build (CPU kernels are deterministic for the operations the course uses).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)  # for subprocesses; this one's hash seed is fixed at start
+    return torch.Generator().manual_seed(seed)
+
+
+def minibatches(*tensors: Tensor, batch_size: int, generator: torch.Generator | None = None,
+                shuffle: bool = True, drop_last: bool = False) -> Iterator[tuple[Tensor, ...]]:
+    """Yield mini-batches of one epoch: tuples of aligned slices of ``tensors``.
+
+    Args:
+        tensors: tensors with the same first dimension N.
+        batch_size: examples per batch (>= 1).
+        generator: seeds the shuffle, for reproducible epochs.
+    """
+    if not tensors:
+        raise ValueError("minibatches() needs at least one tensor")
+    n = tensors[0].shape[0]
+    for i, t in enumerate(tensors[1:], 1):
+        if t.shape[0] != n:
+            raise ValueError(f"tensor 0 has {n} examples but tensor {i} has {t.shape[0]}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield tuple(t[idx] for t in tensors)
+
+
+@dataclass
+class History:
+    """Per-step metrics of a training run, plus its wall-clock time in seconds."""
+
+    metrics: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    seconds: float = 0.0
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.metrics[key]
+
+    def last(self, key: str, n: int = 1) -> float:
+        """Mean of the last ``n`` recorded values of ``key``."""
+        values = self.metrics[key][-n:]
+        return float(np.mean(values))
+
+
+def train_loop(step: Callable[[int], Mapping[str, float | Tensor]], n_steps: int, *,
+               desc: str = "training", every: int = 10, history: History | None = None,
+               callback: Callable[[int, History], None] | None = None, progress: bool = True) -> History:
+    """Run ``step(i)`` for i = 0 .. n_steps - 1 with a progress bar; return the history.
+
+    Args:
+        step: one optimisation step; returns named scalars (floats or 0-d tensors),
+            e.g. ``{"loss": loss}``. Tensors are detached and converted here.
+        n_steps: number of steps.
+        every: refresh the progress-bar averages every ``every`` steps.
+        history: continue an earlier run's history (for resumed training).
+        callback: called as ``callback(i, history)`` after each step (snapshots, evals).
+        progress: show the bar (``tqdm.auto``: a widget in Jupyter, text elsewhere).
+    """
+    from tqdm.auto import tqdm
+
+    if n_steps < 0:
+        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    history = history if history is not None else History()
+    start = time.perf_counter()
+    bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=0.5)
+    for i in bar:
+        out = step(i)
+        for key, value in out.items():
+            history.metrics[key].append(float(value.detach()) if isinstance(value, Tensor) else float(value))
+        if callback is not None:
+            callback(i, history)
+        if progress and (i + 1) % every == 0:
+            bar.set_postfix({k: f"{history.last(k, every):.4g}" for k in out})
+    history.seconds += time.perf_counter() - start
+    return history
+
+
+CACHE_ENV = "COMPANION_CACHE"
+RETRAIN_ENV = "COMPANION_RETRAIN"
+
+
+def cache_dir() -> Path:
+    """Where notebooks keep trained weights: ``$COMPANION_CACHE``, else ``<user cache>/companion/checkpoints``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("companion")) / "checkpoints"
+
+
+def train_or_load(name: str, model: torch.nn.Module, train: Callable[[torch.nn.Module], History],
+                  config: Mapping, *, retrain: bool = False) -> History:
+    """Train ``model`` with ``train(model)`` once and cache the weights; later calls load them.
+
+    The cache key is ``name`` plus a hash of ``config`` (every setting that changes the
+    result: sizes, steps, seed, ...) and the package version, so a changed setting trains
+    anew. Checkpoints hold ``state_dict``, the history and the config, and are read with
+    ``torch.load(..., weights_only=True)``. Set ``COMPANION_RETRAIN=1`` (or ``retrain=True``)
+    to ignore the cache.
+
+    Returns:
+        The training history (loaded from the cache when there was one).
+    """
+    from companion import __version__
+
+    blob = json.dumps({"config": dict(config), "version": __version__}, sort_keys=True, default=str)
+    key = hashlib.sha1(blob.encode()).hexdigest()[:12]
+    path = cache_dir() / f"{name}-{key}.pt"
+    retrain = retrain or os.environ.get(RETRAIN_ENV, "") not in ("", "0")
+    if path.exists() and not retrain:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["state_dict"])
+        history = History(seconds=float(ckpt["seconds"]))
+        history.metrics.update({k: list(v) for k, v in ckpt["metrics"].items()})
+        print(f"Loaded cached weights for {name!r} from {path} (trained in {history.seconds:.1f} s).")
+        return history
+    history = train(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "metrics": dict(history.metrics),
+                "seconds": history.seconds, "config": json.loads(blob)}, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
+    return history
