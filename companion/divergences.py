@@ -26,10 +26,15 @@ For diagonal Gaussians :math:`q = \mathcal N(\mu_q, \operatorname{diag} \sigma_q
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["entropy", "cross_entropy", "kl_divergence", "js_divergence", "gaussian_kl", "check_probability_vectors"]
+__all__ = [
+    "entropy", "cross_entropy", "kl_divergence", "js_divergence", "gaussian_kl",
+    "check_probability_vectors", "fit_gaussian_to_density", "check_kl_answer",
+]
 
 
 def check_probability_vectors(*dists: Tensor, names: tuple[str, ...] | None = None, atol: float = 1e-6) -> None:
@@ -101,11 +106,12 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
         p, q: probability vectors along the last axis, same shape (..., K).
     """
     check_probability_vectors(p, q, names=("p", "q"))
-    m = 0.5 * (p + q)
-    # m_i >= p_i / 2 > 0 wherever p_i > 0, so both KL terms are finite.
-    kl_pm = (_xlogy(p, p) - _xlogy(p, m)).sum(-1)
-    kl_qm = (_xlogy(q, q) - _xlogy(q, m)).sum(-1)
-    return 0.5 * kl_pm + 0.5 * kl_qm
+    # KL(p || m) = sum p log(2p / (p + q)): written with p + q rather than m = (p + q) / 2,
+    # because halving a denormal q_i underflows to 0 and would make a finite term infinite.
+    s = p + q
+    kl_pm = (_xlogy(p, p) - _xlogy(p, s)).sum(-1) + math.log(2) * p.sum(-1)
+    kl_qm = (_xlogy(q, q) - _xlogy(q, s)).sum(-1) + math.log(2) * q.sum(-1)
+    return (0.5 * kl_pm + 0.5 * kl_qm).clamp_min(0.0)
 
 
 def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor | float = 0.0, logvar_p: Tensor | float = 0.0) -> Tensor:
@@ -138,3 +144,60 @@ def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor | float = 0.0, logv
     var_ratio = torch.exp(logvar_q - logvar_p)
     mahalanobis = (mu_q - mu_p).pow(2) * torch.exp(-logvar_p)
     return 0.5 * (logvar_p - logvar_q + var_ratio + mahalanobis - 1.0).sum(-1)
+
+
+def fit_gaussian_to_density(x: Tensor, p: Tensor, direction: str = "forward", mu0: float = 0.0,
+                            log_sigma0: float = 0.0, steps: int = 400, lr: float = 0.05) -> tuple[float, float]:
+    r"""Fit one Gaussian :math:`q = \mathcal N(\mu, \sigma^2)` to a 1-D density by minimising a KL divergence.
+
+    * ``"forward"``: :math:`\mathrm{KL}(p \,\|\, q)`, *mass-covering*: q must put mass wherever p
+      has some; the optimum matches p's mean and variance (moment matching).
+    * ``"reverse"``: :math:`\mathrm{KL}(q \,\|\, p)`, *mode-seeking*: q is penalised for mass where
+      p has little, so it settles on one mode (which one depends on ``mu0``).
+
+    The integrals are Riemann sums on the uniform grid ``x``.
+
+    Args:
+        x: (N,) uniform grid covering the support of p.
+        p: (N,) density of p on the grid (need not be normalised; it is renormalised).
+        direction: ``"forward"`` or ``"reverse"``.
+        mu0, log_sigma0: starting point of the optimisation.
+
+    Returns:
+        ``(mu, sigma)`` of the fitted Gaussian.
+    """
+    if direction not in ("forward", "reverse"):
+        raise ValueError(f"unknown direction {direction!r}; expected 'forward' or 'reverse'")
+    if x.ndim != 1 or x.shape != p.shape:
+        raise ValueError(f"x and p must be 1-D of the same length, got {tuple(x.shape)} and {tuple(p.shape)}")
+    x, p = x.double(), p.double()
+    dx = x[1] - x[0]
+    p = p / (p.sum() * dx)
+    log_p = torch.log(p.clamp_min(1e-300))
+    mu = torch.tensor(float(mu0), dtype=torch.float64, requires_grad=True)
+    log_sigma = torch.tensor(float(log_sigma0), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([mu, log_sigma], lr=lr)
+    for _ in range(steps):
+        log_q = torch.distributions.Normal(mu, log_sigma.exp()).log_prob(x)
+        if direction == "forward":
+            loss = (p * (log_p - log_q)).sum() * dx
+        else:
+            loss = (log_q.exp() * (log_q - log_p)).sum() * dx
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return mu.item(), log_sigma.exp().item()
+
+
+def check_kl_answer(p, q, answer: float, tol: float = 1e-3) -> bool:
+    """Exercise checker: is ``answer`` the KL(p || q) of two discrete distributions (in nats)?
+
+    Prints a verdict and returns it.
+    """
+    p, q = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)
+    truth = kl_divergence(p, q).item()
+    ok = abs(truth - float(answer)) <= tol
+    print(f"Correct: KL(p || q) = {truth:.4f} nats." if ok else
+          f"Not yet: your {float(answer):.4f} differs from KL(p || q) by more than {tol} "
+          "(did you use natural logarithms, and the sum over p's support?)")
+    return ok

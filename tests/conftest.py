@@ -1,0 +1,47 @@
+"""Shared fixtures: a private data root with small, well-formed IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from companion import data
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as an IDX file (magic 0x0000 08 ndim, big-endian sizes)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.tobytes()
+
+
+@pytest.fixture
+def fake_mnist(tmp_path, monkeypatch):
+    """A data root with a tiny 'MNIST' (gzipped test split only) and hashes patched to match.
+
+    Returns a dict with the directory and the arrays written.
+    """
+    rng = np.random.default_rng(0)
+    n = 10_000  # the fallback split slices 8,000 / 2,000, so keep the official size
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    files = {"t10k-images-idx3-ubyte": idx_bytes(images), "t10k-labels-idx1-ubyte": idx_bytes(labels)}
+    hashes = dict(data.MNIST_FILES)
+    for name, payload in files.items():
+        (root / "mnist" / f"{name}.gz").write_bytes(gzip.compress(payload))
+        hashes[name] = hashlib.md5(payload).hexdigest()
+    monkeypatch.setattr(data, "MNIST_FILES", hashes)
+    monkeypatch.setenv("COMPANION_DATA", str(root))
+    monkeypatch.setenv("COMPANION_OFFLINE", "1")
+    monkeypatch.delenv("COMPANION_MNIST_FALLBACK", raising=False)
+    monkeypatch.setattr(data, "_fallback_warned", False)
+    return {"root": root, "images": images, "labels": labels}
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
