@@ -165,6 +165,7 @@ def test_load_mnist_downloads_missing_files_when_online(fake_mnist, local_mirror
 def test_official_test_split_matches_its_published_checksum(monkeypatch):
     monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
     monkeypatch.setenv("COMPANION_OFFLINE", "1")
+    monkeypatch.delenv("COMPANION_MNIST_FALLBACK", raising=False)
     x, y = load_mnist("test", as_tensor=False, normalize=False)
     assert x.shape == (10_000, 28, 28) and x.dtype == np.uint8
     assert np.bincount(y).tolist()[:3] == [980, 1135, 1032]  # the well-known class counts
