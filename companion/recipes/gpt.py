@@ -1,0 +1,241 @@
+"""Recipe: a character-level GPT on tiny-shakespeare (chapter "Autoregressive language models").
+
+Data: tiny-shakespeare, character tokens, the course's 90/10 split
+(:func:`companion.data.train_val_split`). Training: AdamW on random windows (teacher forcing,
+:func:`companion.lm.get_batch`), linear warm-up then cosine decay of the learning rate,
+gradient clipping. Evaluation: the mean NLL over the *whole* validation split
+(:func:`companion.lm.evaluate_nll`), in nats/char, with bits/char and perplexity.
+
+With ``time_budget`` set, training stops after that many seconds and the cosine schedule
+follows the elapsed *time*, so the learning rate reaches its minimum when the time is up
+whatever the speed of the machine.
+
+Checkpoints and resuming: :func:`init_state` returns a :class:`TrainState` (optimizer,
+batch-sampling generator, step, elapsed time, history) whose ``state_dict()`` /
+``load_state_dict()`` round-trip through ``torch.save``/``torch.load(weights_only=True)``.
+Pass it to :func:`train` and save it (with ``model.state_dict()``) from the ``callback``;
+after loading both, ``train(cfg, model, state=state)`` continues where it stopped, and a
+step-budget run resumed this way gives the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from companion.data import CharTokenizer, load_shakespeare, train_val_split
+from companion.gpt import GPT, GPTConfig
+from companion.lm import bits_per_char, evaluate_nll, get_batch, perplexity
+from companion.train import History, train_loop
+
+__all__ = ["Config", "TrainState", "load_data", "build_model", "init_state", "lr_at", "train", "evaluate",
+           "sample"]
+
+
+@dataclass
+class Config:
+    """Everything that defines a GPT run (JSON-serialisable)."""
+
+    seed: int = 1337
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+    fast: bool = True
+    # optimisation
+    batch_size: int = 32
+    max_steps: int = 1000
+    time_budget: float | None = None  # seconds; stop then, and schedule the LR by elapsed time
+    lr: float = 2e-3  # peak learning rate
+    min_lr: float = 2e-4  # end of the cosine
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    bf16: bool = False  # bfloat16 autocast for the matmuls (fast on CPUs with AVX512-BF16)
+    eval_every: int = 0  # > 0: estimate the validation loss every this many steps
+    eval_batches: int = 8  # batches of ``batch_size`` windows for that estimate
+    # evaluation and sampling
+    eval_batch_size: int = 64
+    sample_prompt: str = "\n"
+    sample_length: int = 500
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
+    text = load_shakespeare()
+    tok = CharTokenizer(text)
+    train_ids, val_ids = train_val_split(tok.encode(text))
+    return tok, train_ids, val_ids
+
+
+def load_data(cfg: Config | None = None) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
+    """``(tokenizer, train_ids, val_ids)``: tiny-shakespeare as character ids, split 90/10."""
+    return _corpus()
+
+
+def build_model(cfg: Config) -> GPT:
+    """A GPT with the recipe's sizes and the corpus's vocabulary, seeded by ``cfg.seed``."""
+    tok, _, _ = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, fast=cfg.fast))
+
+
+def lr_at(cfg: Config, step: int, progress: float) -> float:
+    """Learning rate: linear warm-up over ``warmup_steps``, times a cosine from ``lr`` to ``min_lr``.
+
+    ``progress`` in [0, 1] is the fraction of the run done (steps or time).
+    """
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    cosine = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+    return warm * cosine
+
+
+@dataclass
+class TrainState:
+    """What resuming needs besides the weights: optimizer, sampler RNG, step, time, history."""
+
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+    elapsed: float = 0.0
+    history: History | None = None
+
+    def state_dict(self) -> dict:
+        h = self.history or History()
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "step": self.step, "elapsed": self.elapsed, "metrics": {k: list(v) for k, v in h.metrics.items()},
+                "seconds": h.seconds}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.generator.set_state(d["generator"])
+        self.step, self.elapsed = int(d["step"]), float(d["elapsed"])
+        self.history = History(seconds=float(d["seconds"]))
+        self.history.metrics.update({k: list(v) for k, v in d["metrics"].items()})
+
+
+def init_state(cfg: Config, model: GPT) -> TrainState:
+    """A fresh :class:`TrainState`: AdamW (weight decay on matrices only) and a seeded sampler."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return TrainState(opt, torch.Generator().manual_seed(cfg.seed), history=History())
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def train(cfg: Config, model: GPT, *, progress: bool = True, callback: Callable[[int, History], None] | None = None,
+          state: TrainState | None = None) -> History:
+    """Train ``model`` for ``cfg.max_steps`` steps or ``cfg.time_budget`` seconds, whichever ends first.
+
+    Args:
+        progress: show a tqdm bar.
+        callback: ``callback(step, history)`` after every step (``step`` counts from the
+            start of the run, across resumes): save checkpoints, log, plot.
+        state: a :class:`TrainState` to continue (from :func:`init_state`, possibly loaded
+            from a checkpoint); updated in place.
+
+    Returns:
+        The history: per step ``loss`` (train, nats/char) and ``lr``; with ``eval_every``,
+        ``val_loss`` estimates at the steps in ``val_step``.
+    """
+    state = state if state is not None else init_state(cfg, model)
+    history = state.history if state.history is not None else History()
+    state.history = history
+    _, train_ids, val_ids = load_data(cfg)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+    start_step, start_elapsed = state.step, state.elapsed
+    t0 = time.perf_counter()
+    model.train()
+
+    def elapsed() -> float:
+        return start_elapsed + time.perf_counter() - t0
+
+    def step(i: int) -> dict[str, float]:
+        s = start_step + i
+        if cfg.time_budget is not None and elapsed() >= cfg.time_budget:
+            raise _TimeUp
+        frac = s / cfg.max_steps
+        if cfg.time_budget is not None:
+            frac = max(frac, elapsed() / cfg.time_budget)
+        lr = lr_at(cfg, s, frac)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, state.generator)
+        with autocast():
+            _, loss = model(x, y)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        state.optimizer.step()
+        state.step = s + 1
+        state.elapsed = elapsed()
+        return {"loss": loss.detach(), "lr": lr}
+
+    def after(i: int, h: History) -> None:
+        s = start_step + i
+        if cfg.eval_every and ((s + 1) % cfg.eval_every == 0 or s + 1 == cfg.max_steps):
+            h.metrics["val_step"].append(s + 1)
+            h.metrics["val_loss"].append(_estimate_val(cfg, model, val_ids))
+            model.train()
+        if callback is not None:
+            callback(s, h)
+
+    try:
+        train_loop(step, max(cfg.max_steps - start_step, 0), desc="GPT", history=history, callback=after,
+                   progress=progress)
+    except _TimeUp:  # train_loop adds its time only when it finishes: account for it here
+        history.seconds += time.perf_counter() - t0
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def _estimate_val(cfg: Config, model: GPT, val_ids: torch.Tensor) -> float:
+    """A quick, fixed-batch estimate of the validation loss (the full pass is :func:`evaluate`)."""
+    model.eval()
+    g = torch.Generator().manual_seed(0)  # the same windows at every evaluation
+    losses = [model(*get_batch(val_ids, cfg.batch_size, cfg.block_size, g))[1].item()
+              for _ in range(cfg.eval_batches)]
+    return sum(losses) / len(losses)
+
+
+def evaluate(cfg: Config, model: GPT) -> dict[str, float]:
+    """NLL over the whole validation split (every character predicted once; see
+    :func:`companion.lm.evaluate_nll`), as nats/char, bits/char and perplexity."""
+    _, _, val_ids = load_data(cfg)
+    nll = evaluate_nll(model, val_ids, cfg.block_size, cfg.eval_batch_size)
+    return {"val_loss": nll, "val_bpc": bits_per_char(nll), "val_ppl": perplexity(nll),
+            "val_tokens": float(len(val_ids) - 1), "block_size": float(cfg.block_size)}
+
+
+def sample(cfg: Config, model: GPT, n: int, generator: torch.Generator | None = None) -> list[str]:
+    """``n`` samples of ``cfg.sample_length`` characters after ``cfg.sample_prompt`` (prompt included)."""
+    tok, _, _ = load_data(cfg)
+    prompt = tok.encode(cfg.sample_prompt).repeat(n, 1)
+    out = model.generate(prompt, cfg.sample_length, temperature=cfg.temperature, top_k=cfg.top_k,
+                         top_p=cfg.top_p, generator=generator)
+    return [tok.decode(row) for row in out]
