@@ -1,6 +1,7 @@
-r"""Attention (chapter "Attention and the Transformer").
+r"""Attention (chapter "Attention and the Transformer", notebooks ``02_1`` and ``02_3``).
 
-Scaled dot-product attention :cite:`vaswani2017attention`:
+Attention is a learned weighted sum :math:`y = \sum_i \alpha_i x_i` with weights that depend
+on the data. Scaled dot-product attention :cite:`vaswani2017attention`:
 
 .. math::
 
@@ -16,15 +17,27 @@ Multi-head attention projects the inputs once per head and concatenates:
 .. math::
 
     \mathrm{head}_i = \operatorname{Attention}(Q W_i^Q, K W_i^K, V W_i^V), \qquad
-    \operatorname{MultiHead}(Q, K, V) = \operatorname{Concat}(\mathrm{head}_1, \dots, \mathrm{head}_h) W^O.
+    \operatorname{MultiHead}(Q, K, V) = \operatorname{Concat}(\mathrm{head}_1, \dots, \mathrm{head}_h) W^O,
+
+with :math:`W_i^Q, W_i^K \in \mathbb R^{d_{model} \times d_k}`, :math:`W_i^V \in \mathbb R^{d_{model} \times d_v}`,
+:math:`W^O \in \mathbb R^{h d_v \times d_{model}}` and :math:`d_k = d_v = d_{model} / h`.
 
 Masks follow :func:`torch.nn.functional.scaled_dot_product_attention`: a **bool** tensor,
 **True where attention is allowed**, broadcastable to the scores' shape ``(..., T_q, T_k)``.
+A query row whose every key is masked has no defined softmax (0/0); both paths here raise a
+``ValueError`` for it instead of returning NaN (the explicit formula) or silent zeros (torch's kernel).
+
+Two paths compute the same function:
+
+* :func:`scaled_dot_product_attention`: the formula, step by step; returns the weights for plots.
+* :func:`fused_attention`: the same checks, then torch's fused kernel, which never stores the
+  ``(T_q, T_k)`` weight matrix when it can avoid it (faster, less memory); returns the output only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +45,18 @@ from torch import Tensor, nn
 
 __all__ = [
     "scaled_dot_product_attention",
+    "fused_attention",
     "causal_mask",
     "padding_mask",
     "MultiHeadAttention",
+    "check_causal_mask",
+    "check_attention",
+    "check_mha_parameter_count",
 ]
 
 
 def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
+    """Raise unless ``mask`` is a bool tensor broadcastable to ``scores_shape`` with no fully masked row."""
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a bool tensor, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
@@ -52,15 +70,33 @@ def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
             f"mask has shape {tuple(mask.shape)} but scores have shape {tuple(scores_shape)}; "
             "the mask must broadcast to (..., T_q, T_k)"
         )
+    # Checked on the (usually small, un-broadcast) mask itself: cheap even for long sequences.
+    if not bool(mask.any(-1).all()):
+        raise ValueError(
+            "a query row has every key masked (mask.any(-1) is False somewhere); its attention "
+            "weights would be 0/0 = NaN. Give every query at least one key it may attend to."
+        )
 
 
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
-        raise ValueError(f"q, k, v need at least 2 dims (..., T, d); got {q.ndim}, {k.ndim}, {v.ndim}")
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> torch.Size:
+    """Validate shapes; return the shape of the scores ``(..., T_q, T_k)``."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim < 2:
+            raise ValueError(f"{name} needs at least 2 dims (..., T, d), got shape {tuple(t.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q has d_k = {q.shape[-1]} but k has d_k = {k.shape[-1]}; they must match")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"k has T_k = {k.shape[-2]} positions but v has {v.shape[-2]}; they must match")
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])} and v {tuple(v.shape[:-2])} "
+            "do not broadcast"
+        ) from None
+    return torch.Size((*batch, q.shape[-2], k.shape[-2]))
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
@@ -73,28 +109,48 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
         v: (..., T_k, d_v) values.
         mask: bool, broadcastable to (..., T_q, T_k); True where attention is allowed.
         dropout_p: dropout on the weights (only when ``training``).
+        training: apply dropout.
 
     Returns:
         ``(output, weights)``: output (..., T_q, d_v); weights (..., T_q, T_k), each row a
-        probability distribution over the keys.
+        probability distribution over the keys. The weights are returned *before* dropout (so
+        they stay distributions); with dropout in training the output uses the dropped-out weights.
 
     Raises:
-        ValueError: mismatched shapes, or a query row whose every key is masked (its
-            softmax would be 0/0 = NaN).
+        ValueError: mismatched shapes, a mask that does not broadcast, or a query row whose
+            every key is masked (its softmax would be 0/0 = NaN).
         TypeError: a mask that is not a bool tensor.
     """
-    _check_qkv(q, k, v)
+    scores_shape = _check_qkv(q, k, v)
     d_k = q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T_q, T_k)
     if mask is not None:
-        _check_mask(mask, scores.shape)
-        if not mask.any(-1).all():
-            raise ValueError("a query row has every key masked; its attention weights would be NaN")
+        _check_mask(mask, scores_shape)
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)
-    if dropout_p > 0.0 and training:
-        weights = F.dropout(weights, p=dropout_p)
-    return weights @ v, weights
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 and training else weights
+    return dropped @ v, weights
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                    dropout_p: float = 0.0, is_causal: bool = False) -> Tensor:
+    """The fast path: the checks of :func:`scaled_dot_product_attention`, then torch's fused kernel.
+
+    Same arguments and the same output as the explicit function (without the weights).
+    ``is_causal=True`` applies :func:`causal_mask` without building it (requires T_q == T_k);
+    it may be combined with ``mask``.
+    """
+    scores_shape = _check_qkv(q, k, v)
+    if is_causal:
+        T_q, T_k = scores_shape[-2:]
+        if T_q != T_k:
+            raise ValueError(f"is_causal needs T_q == T_k, got T_q = {T_q}, T_k = {T_k}")
+        if mask is not None:
+            mask = mask & causal_mask(T_q, device=mask.device)
+            is_causal = False
+    if mask is not None:
+        _check_mask(mask, scores_shape)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
@@ -127,22 +183,28 @@ def padding_mask(lengths: Tensor, T: int) -> Tensor:
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate Q, K, V projections and an output projection W^O.
 
+    ``w_q`` holds the h matrices :math:`W_i^Q` side by side (column block i is head i), and
+    likewise ``w_k`` and ``w_v``; ``w_o`` is :math:`W^O`. Parameters:
+    :math:`4 d_{model}^2 + 4 d_{model}`, whatever the number of heads.
+
     Args:
         d_model: model width; split into ``n_heads`` heads of ``d_k = d_model // n_heads``.
         n_heads: number of heads h.
         dropout: dropout on the attention weights.
-        fast: use :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernel)
-            when the weights are not requested; same output as the explicit path.
+        fast: use :func:`fused_attention` (torch's fused kernel) when the weights are not
+            requested; same output as the explicit path.
 
     Shapes:
         query (B, T_q, d_model), key and value (B, T_k, d_model);
-        mask bool broadcastable to (B, n_heads, T_q, T_k), True = may attend.
-        Returns ``(output (B, T_q, d_model), weights (B, n_heads, T_q, T_k) or None)``.
+        mask bool, True = may attend, either broadcastable to (B, n_heads, T_q, T_k)
+        (e.g. (T_q, T_k) or (B, 1, 1, T_k)) or 3-D (B, T_q, T_k), which is applied to every head.
+        Returns ``(output (B, T_q, d_model), weights (B, n_heads, T_q, T_k))``; weights is
+        ``None`` when ``need_weights=False`` and the fast path ran.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, fast: bool = True):
         super().__init__()
-        if d_model % n_heads != 0:
+        if n_heads < 1 or d_model % n_heads != 0:
             raise ValueError(f"d_model = {d_model} is not divisible by n_heads = {n_heads}")
         self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
         self.w_q = nn.Linear(d_model, d_model)  # the h matrices W_i^Q side by side
@@ -153,25 +215,113 @@ class MultiHeadAttention(nn.Module):
         self.fast = fast
 
     def split_heads(self, x: Tensor) -> Tensor:
-        """(B, T, d_model) -> (B, n_heads, T, d_k)."""
+        """(B, T, d_model) -> (B, n_heads, T, d_k): column block i of the projection is head i."""
         B, T, _ = x.shape
         return x.view(B, T, self.n_heads, self.d_k).transpose(1, 2)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None,
-                need_weights: bool = True) -> tuple[Tensor, Tensor | None]:
+                need_weights: bool = True, *, is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` to ``key``/``value``.
+
+        Args:
+            query: (B, T_q, d_model).
+            key: (B, T_k, d_model).
+            value: (B, T_k, d_model).
+            mask: bool, True = may attend (see the class docstring for shapes).
+            need_weights: return the (B, n_heads, T_q, T_k) weights (explicit path); with
+                ``False`` and ``fast=True`` the fused kernel runs and the weights are ``None``.
+            is_causal: add the causal mask (self-attention, T_q == T_k).
+        """
         for name, t in (("query", query), ("key", key), ("value", value)):
             if t.ndim != 3 or t.shape[-1] != self.d_model:
                 raise ValueError(f"{name} must have shape (B, T, {self.d_model}), got {tuple(t.shape)}")
         if key.shape[:2] != value.shape[:2]:
             raise ValueError(f"key has shape {tuple(key.shape)} but value has {tuple(value.shape)}")
+        if query.shape[0] != key.shape[0]:
+            raise ValueError(f"query has batch size {query.shape[0]} but key has {key.shape[0]}")
+        if mask is not None and isinstance(mask, Tensor) and mask.ndim == 3:
+            mask = mask.unsqueeze(1)  # (B, T_q, T_k) -> (B, 1, T_q, T_k): the same mask for every head
         q, k, v = self.split_heads(self.w_q(query)), self.split_heads(self.w_k(key)), self.split_heads(self.w_v(value))
         p = self.dropout if self.training else 0.0
         if self.fast and not need_weights:
-            if mask is not None:
-                _check_mask(mask, torch.Size((q.shape[0], self.n_heads, q.shape[2], k.shape[2])))
-            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), None
+            out, weights = fused_attention(q, k, v, mask, dropout_p=p, is_causal=is_causal), None
         else:
+            if is_causal:
+                if q.shape[2] != k.shape[2]:
+                    raise ValueError(f"is_causal needs T_q == T_k, got {q.shape[2]} and {k.shape[2]}")
+                causal = causal_mask(q.shape[2], device=q.device)
+                mask = causal if mask is None else mask & causal
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=p, training=self.training)
         B, _, T_q, _ = out.shape
         out = out.transpose(1, 2).reshape(B, T_q, self.d_model)  # Concat(head_1, ..., head_h)
         return self.w_o(out), weights
+
+
+# ----------------------------------------------------------------------------- exercise checkers
+
+
+def check_causal_mask(fn: Callable[[int], Tensor], sizes: tuple[int, ...] = (1, 2, 5, 8)) -> bool:
+    """Exercise checker: does ``fn(T)`` return the (T, T) bool causal mask (True = may attend)?
+
+    Prints a verdict and returns ``True`` when every size matches :func:`causal_mask`.
+    """
+    for T in sizes:
+        got = fn(T)
+        if not isinstance(got, Tensor):
+            print(f"✗ fn({T}) returned {type(got).__name__}, expected a torch.Tensor")
+            return False
+        if got.dtype != torch.bool:
+            print(f"✗ fn({T}) has dtype {got.dtype}; a mask must be torch.bool (True = may attend)")
+            return False
+        if got.shape != (T, T):
+            print(f"✗ fn({T}) has shape {tuple(got.shape)}, expected ({T}, {T})")
+            return False
+        ref = causal_mask(T)
+        if not torch.equal(got, ref):
+            i, j = (got != ref).nonzero()[0].tolist()
+            verb = "may" if bool(got[i, j]) else "may not"
+            print(f"✗ fn({T}): query {i} {verb} attend to key {j}; it should be the other way round")
+            return False
+    print(f"✓ causal mask correct for T in {sizes}")
+    return True
+
+
+def check_attention(fn: Callable[..., Tensor], seed: int = 0) -> bool:
+    """Exercise checker: does ``fn(q, k, v, mask)`` compute softmax(q k^T / sqrt(d_k)) v?
+
+    ``fn`` may return the output or ``(output, weights)``. Tested with and without a causal
+    mask against :func:`torch.nn.functional.scaled_dot_product_attention`.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 3, 5, d, generator=g, dtype=torch.float64) for d in (4, 4, 6))
+    for mask in (None, causal_mask(5)):
+        got = fn(q, k, v, mask)
+        got = got[0] if isinstance(got, tuple) else got
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if not isinstance(got, Tensor) or got.shape != ref.shape:
+            shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+            print(f"✗ output has shape {shape}, expected {tuple(ref.shape)}")
+            return False
+        if not torch.allclose(got, ref, atol=1e-8, rtol=1e-6):
+            what = "without a mask" if mask is None else "with a causal mask"
+            err = (got - ref).abs().max().item()
+            hint = (" (did you divide by sqrt(d_k)?)" if mask is None
+                    else " (masked scores must become -inf before softmax)")
+            print(f"✗ wrong output {what}: max |error| = {err:.3g}{hint}")
+            return False
+    print("✓ your attention matches torch's scaled_dot_product_attention, with and without a mask")
+    return True
+
+
+def check_mha_parameter_count(answer: int, d_model: int, n_heads: int, bias: bool = True) -> bool:
+    """Exercise checker: the number of parameters of ``MultiHeadAttention(d_model, n_heads)``."""
+    if d_model % n_heads:
+        raise ValueError(f"d_model = {d_model} is not divisible by n_heads = {n_heads}")
+    mha = MultiHeadAttention(d_model, n_heads)
+    true = sum(p.numel() for name, p in mha.named_parameters() if bias or not name.endswith("bias"))
+    if int(answer) == true:
+        print(f"✓ {true:,} parameters for d_model = {d_model}, h = {n_heads}")
+        return True
+    print(f"✗ {int(answer):,} is not right for d_model = {d_model}, h = {n_heads}. "
+          "Count the four d_model x d_model projections and their biases; does h change them?")
+    return False

@@ -1,0 +1,112 @@
+"""Tests for companion.positional: the sinusoidal table, its shift property, the seed's wrong formula."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from companion.positional import (
+    LearnedPositionalEmbedding,
+    SinusoidalPositionalEncoding,
+    check_pe_shift_matrix,
+    count_collisions,
+    pe_shift_matrix,
+    seed003_wrong_positional_encoding,
+    sinusoidal_positional_encoding,
+)
+
+
+def test_sinusoidal_table_matches_the_formula_entry_by_entry():
+    n, d = 50, 16
+    pe = sinusoidal_positional_encoding(n, d, dtype=torch.float64)
+    assert pe.shape == (n, d)
+    for pos in (0, 1, 7, 49):
+        for i in range(d // 2):
+            angle = pos / 10000 ** (2 * i / d)
+            assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-12)
+            assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-12)
+
+
+def test_position_zero_is_alternating_zeros_and_ones():
+    pe = sinusoidal_positional_encoding(3, 8)
+    assert pe[0].tolist() == [0.0, 1.0] * 4
+
+
+def test_odd_d_model_ends_with_a_sine_column():
+    pe = sinusoidal_positional_encoding(20, 7, dtype=torch.float64)
+    assert pe.shape == (20, 7)
+    torch.testing.assert_close(pe[:, 6], torch.sin(torch.arange(20.0, dtype=torch.float64) / 10000 ** (6 / 7)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(half_d=st.integers(1, 64), k=st.integers(0, 200))
+def test_shift_by_k_is_a_fixed_block_rotation(half_d, k):
+    """PE(pos + k) = M_k PE(pos) for every pos, with one M_k that does not depend on pos."""
+    d = 2 * half_d
+    pe = sinusoidal_positional_encoding(300, d, dtype=torch.float64)
+    m = pe_shift_matrix(k, d)
+    torch.testing.assert_close(pe[: 300 - k] @ m.T, pe[k:], atol=1e-9, rtol=0)
+
+
+def test_shift_matrices_are_rotations_that_compose():
+    m3, m4, m7 = (pe_shift_matrix(k, 16) for k in (3, 4, 7))
+    torch.testing.assert_close(m3 @ m3.T, torch.eye(16, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(m3 @ m4, m7, atol=1e-12, rtol=0)
+    assert torch.linalg.det(m7).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_sinusoidal_positions_are_all_distinct_but_seed_formula_collides():
+    good = sinusoidal_positional_encoding(512, 32)
+    bad = seed003_wrong_positional_encoding(512, 32)
+    assert count_collisions(good) == 0
+    # a third of the positions (pos mod 3 == 1) are the zero vector: they all collide
+    assert count_collisions(bad) >= 512 // 3 - 1
+    assert (bad[1::3] == 0).all()
+
+
+def test_seed_formula_has_no_dimension_index():
+    bad = seed003_wrong_positional_encoding(30, 16)
+    assert (bad == bad[:, :1]).all(), "every column is the same: the formula ignores the dimension"
+    assert torch.linalg.matrix_rank(bad.double()).item() == 1
+    assert torch.linalg.matrix_rank(sinusoidal_positional_encoding(30, 16).double()).item() == 16
+    torch.testing.assert_close(bad[2, 0], torch.tensor(math.sin(2 / 10000 ** (2 / 3)), dtype=torch.float32))
+    torch.testing.assert_close(bad[3, 0], torch.tensor(math.cos(3 / 10000 ** (2 / 3)), dtype=torch.float32))
+
+
+def test_count_collisions_counts_repeated_rows():
+    pe = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert count_collisions(pe) == 2
+
+
+@pytest.mark.parametrize("module", [SinusoidalPositionalEncoding(8, max_len=10), LearnedPositionalEmbedding(10, 8)])
+def test_modules_add_the_table_and_reject_sequences_longer_than_it(module):
+    x = torch.randn(2, 6, 8)
+    torch.testing.assert_close(module(x), x + module.table()[:6])
+    module(torch.randn(1, 10, 8))  # exactly max_len is fine
+    with pytest.raises(ValueError, match="11 positions but the positional table has only max_len = 10"):
+        module(torch.randn(1, 11, 8))
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, T, 8\)"):
+        module(torch.randn(2, 6, 9))
+
+
+def test_sinusoidal_module_has_no_parameters_and_learned_one_has_a_table():
+    assert sum(p.numel() for p in SinusoidalPositionalEncoding(8, 10).parameters()) == 0
+    assert "pe" not in SinusoidalPositionalEncoding(8, 10).state_dict()
+    assert sum(p.numel() for p in LearnedPositionalEmbedding(10, 8).parameters()) == 80
+
+
+def test_bad_sizes_raise():
+    with pytest.raises(ValueError, match="n_positions"):
+        sinusoidal_positional_encoding(0, 8)
+    with pytest.raises(ValueError, match="d_model"):
+        sinusoidal_positional_encoding(5, 0)
+
+
+def test_check_pe_shift_matrix(capsys):
+    assert check_pe_shift_matrix(pe_shift_matrix)
+    assert not check_pe_shift_matrix(lambda k, d: pe_shift_matrix(k, d).T)
+    assert "✗" in capsys.readouterr().out
