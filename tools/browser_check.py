@@ -154,11 +154,11 @@ class PageReport:
 
 
 def find_chromium() -> str | None:
-    """The system Chromium: ``$COMPANION_CHROMIUM``, else ``chromium``/``chromium-browser`` on PATH."""
+    """The system Chromium: ``$COMPANION_CHROMIUM``, else the first Chromium or Chrome on PATH."""
     env = os.environ.get("COMPANION_CHROMIUM")
     if env:
         return env if Path(env).exists() else None
-    for name in ("chromium", "chromium-browser"):
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         found = shutil.which(name)
         if found:
             return found

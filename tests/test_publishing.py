@@ -1,0 +1,166 @@
+"""Publishing: the GitHub Pages workflow, the table of contents, and the launch buttons.
+
+The workflow must build with the README's book command and deploy ``_build/html``; every file
+the table of contents names must exist, with notebooks as ``.ipynb`` files under
+``notebooks/``; the Binder and Colab buttons of the built pages (when a site is built) must open
+exactly those notebooks in the configured repository.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
+SITE = Path(os.environ.get("COMPANION_SITE", ROOT / "_build" / "html"))
+REQUIRE = os.environ.get("COMPANION_REQUIRE_SITE") == "1"
+
+
+def load_yaml(path: Path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def readme_book_command() -> str:
+    """The README's command that builds the book (a code line containing 'book')."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    in_fence = False
+    for line in lines:
+        if line.strip().startswith("```"):
+            in_fence = not in_fence
+            continue
+        code = in_fence or line.startswith("    ")
+        if code and re.fullmatch(r"\s*make book\s*", line):
+            return "make book"
+    raise AssertionError("README.md shows no `make book` command")
+
+
+def steps(workflow: dict) -> list[dict]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def toc_files(entries) -> list[str]:
+    """Every ``file:`` of a jupyter-book table of contents, depth first (parts, chapters, sections)."""
+    out = []
+    for entry in entries or []:
+        if "file" in entry:
+            out.append(entry["file"])
+        for key in ("parts", "chapters", "sections"):
+            out += toc_files(entry.get(key))
+    return out
+
+
+def resolve(entry: str) -> Path | None:
+    """The source file of a toc entry (jupyter-book accepts it with or without extension)."""
+    path = ROOT / entry
+    if path.suffix in {".md", ".ipynb"}:
+        return path if path.exists() else None
+    found = [p for p in (path.with_suffix(".md"), path.with_suffix(".ipynb")) if p.exists()]
+    return found[0] if len(found) == 1 else None
+
+
+# ----------------------------------------------------------------------------- the workflow
+
+
+def test_book_workflow_is_valid_yaml_with_build_and_deploy_jobs():
+    workflow = load_yaml(WORKFLOW)
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as True
+    assert "push" in triggers and "main" in triggers["push"]["branches"], "the book must be published on push to main"
+    assert {"build", "deploy"} <= set(workflow["jobs"]), f"jobs: {list(workflow['jobs'])}"
+    deploy = workflow["jobs"]["deploy"]
+    assert deploy["needs"] == "build"
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["environment"]["name"] == "github-pages"
+
+
+def test_book_workflow_builds_with_the_readme_command_and_uploads_the_site():
+    workflow = load_yaml(WORKFLOW)
+    command = readme_book_command()
+    runs = [s.get("run", "") for s in steps(workflow)]
+    assert any(command in run.split("\n") for run in runs), f"no step runs the README's `{command}`: {runs}"
+    uses = {s.get("uses", "").split("@")[0]: s for s in steps(workflow)}
+    assert uses["actions/upload-pages-artifact"]["with"]["path"] == "_build/html"
+    assert "actions/deploy-pages" in uses
+    browser = [s for s in steps(workflow) if "tests/test_site.py" in s.get("run", "")]
+    assert browser and browser[0]["env"]["COMPANION_REQUIRE_SITE"] == "1", "the browser test must run, and may not skip"
+
+
+def test_the_build_step_comes_before_the_upload():
+    names = [s.get("run", s.get("uses", "")) for s in load_yaml(WORKFLOW)["jobs"]["build"]["steps"]]
+    build = next(i for i, n in enumerate(names) if n == "make book")
+    upload = next(i for i, n in enumerate(names) if n.startswith("actions/upload-pages-artifact"))
+    assert build < upload
+
+
+# ----------------------------------------------------------------------------- toc and launch buttons
+
+
+def test_every_toc_entry_exists_and_notebooks_live_in_notebooks():
+    toc = load_yaml(ROOT / "_toc.yml")
+    entries = [toc["root"], *toc_files(toc.get("parts") or toc.get("chapters"))]
+    missing = [e for e in entries if resolve(e) is None]
+    assert not missing, f"_toc.yml names files that do not exist (or exist as both .md and .ipynb): {missing}"
+    for entry in entries:
+        path = resolve(entry).relative_to(ROOT)
+        if path.suffix == ".ipynb":
+            assert path.parts[0] == "notebooks", f"notebook {path} is not under notebooks/"
+        if path.parts[0] == "notebooks":
+            assert path.suffix == ".ipynb", f"{path}: pages under notebooks/ must be notebooks (.ipynb)"
+    assert len(entries) == len(set(entries)), "a file appears twice in _toc.yml"
+
+
+def test_launch_buttons_are_configured_for_a_github_repository():
+    config = load_yaml(ROOT / "_config.yml")
+    url = urlsplit(config["repository"]["url"])
+    assert url.scheme == "https" and url.netloc == "github.com" and len(url.path.strip("/").split("/")) == 2
+    assert config["repository"].get("branch")
+    buttons = config["launch_buttons"]
+    assert buttons["binderhub_url"].startswith("https://") and buttons["colab_url"].startswith("https://")
+
+
+def launch_links(html: str) -> list[str]:
+    return re.findall(r'href="(https://[^"]*(?:/v2/gh/|colab\.research\.google\.com/github/)[^"]*)"', html)
+
+
+def notebook_path_of(link: str, repo: str, branch: str) -> str:
+    """The repository path a Binder or Colab link opens, after checking repository and branch."""
+    url = urlsplit(link.replace("&amp;", "&"))
+    if "/v2/gh/" in url.path:
+        prefix = f"/v2/gh/{repo}/{branch}"
+        assert url.path == prefix, f"Binder link for another repository or branch: {link}"
+        (urlpath,) = parse_qs(url.query)["urlpath"]
+        return re.sub(r"^(lab/tree|tree)/", "", urlpath)
+    prefix = f"/github/{repo}/blob/{branch}/"
+    assert url.path.startswith(prefix), f"Colab link for another repository or branch: {link}"
+    return url.path[len(prefix):]
+
+
+def test_built_launch_buttons_open_the_page_s_own_notebook():
+    pages = sorted((SITE / "notebooks").glob("*.html")) if SITE.is_dir() else []
+    if not pages:
+        if REQUIRE:
+            pytest.fail(f"no built notebook pages in {SITE} (COMPANION_REQUIRE_SITE=1)")
+        pytest.skip(f"no built site with notebook pages at {SITE} (run `make book`)")
+    config = load_yaml(ROOT / "_config.yml")
+    repo = urlsplit(config["repository"]["url"]).path.strip("/")
+    branch = config["repository"]["branch"]
+    failures = []
+    for page in pages:
+        own = f"notebooks/{page.stem}.ipynb"
+        links = launch_links(page.read_text(encoding="utf-8"))
+        kinds = {"binder" if "/v2/gh/" in link else "colab" for link in links}
+        if kinds != {"binder", "colab"}:
+            failures.append(f"{page.name}: launch buttons {sorted(kinds)}, expected binder and colab")
+        for link in links:
+            target = notebook_path_of(link, repo, branch)
+            if target != own:
+                failures.append(f"{page.name}: {link} opens {target}, expected {own}")
+            elif not (ROOT / target).exists():
+                failures.append(f"{page.name}: {link} opens {target}, which is not in the repository")
+    assert not failures, "\n".join(failures)
