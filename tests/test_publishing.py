@@ -164,3 +164,60 @@ def test_built_launch_buttons_open_the_page_s_own_notebook():
             elif not (ROOT / target).exists():
                 failures.append(f"{page.name}: {link} opens {target}, which is not in the repository")
     assert not failures, "\n".join(failures)
+
+
+# ----------------------------------------------------------------------------- internal links of the built site
+
+_LINK = re.compile(r"""<(a|img|link|script)\b[^>]*?\s(href|src)=["']([^"']+)["']""", re.I)
+_ID = re.compile(r"""\s(?:id|name)=["']([^"']+)["']""")
+
+
+def internal_link_problems(site: Path) -> list[str]:
+    """Relative links and sources of every built page that point at a missing file or anchor."""
+    from html import unescape
+    from urllib.parse import unquote
+
+    pages = [p for p in site.rglob("*.html") if p.relative_to(site).parts[0] not in {"_static", "_sources", "mathjax", "widgets"}]
+    ids: dict[Path, set[str]] = {}
+
+    def anchors(path: Path) -> set[str]:
+        if path not in ids:
+            ids[path] = set(_ID.findall(path.read_text(encoding="utf-8", errors="replace")))
+        return ids[path]
+
+    problems = []
+    for page in pages:
+        html = page.read_text(encoding="utf-8", errors="replace")
+        for tag, _, raw in _LINK.findall(html):
+            link = unescape(raw)
+            if re.match(r"^[a-z][a-z0-9+.-]*:", link, re.I) or link.startswith("//"):
+                continue  # absolute URL, mailto:, javascript:, data:
+            path_part, _, fragment = link.partition("#")
+            path_part = unquote(path_part.split("?")[0])
+            target = page if not path_part else (page.parent / path_part).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                problems.append(f"{page.relative_to(site)}: <{tag}> {link} -> missing file")
+            elif fragment and tag.lower() == "a" and target.suffix == ".html" and unquote(fragment) not in anchors(target):
+                problems.append(f"{page.relative_to(site)}: <a> {link} -> no anchor #{fragment}")
+    return problems
+
+
+def test_internal_links_of_the_built_site_resolve():
+    if not (SITE / "index.html").exists():
+        if REQUIRE:
+            pytest.fail(f"no built site at {SITE} (COMPANION_REQUIRE_SITE=1)")
+        pytest.skip(f"no built site at {SITE} (run `make book`)")
+    problems = internal_link_problems(SITE)
+    assert not problems, f"{len(problems)} broken internal links:\n" + "\n".join(problems[:50])
+
+
+def test_the_link_check_finds_a_missing_page_and_a_missing_anchor(tmp_path):
+    (tmp_path / "a.html").write_text('<p id="here">x</p><a href="b.html">b</a><a href="#gone">g</a><a href="a.html#here">ok</a>')
+    (tmp_path / "c.html").write_text('<img src="img/none.png"><a href="https://example.org/x">ext</a>')
+    problems = internal_link_problems(tmp_path)
+    assert len(problems) == 3, problems
+    assert any("b.html -> missing file" in p for p in problems)
+    assert any("no anchor #gone" in p for p in problems)
+    assert any("none.png -> missing file" in p for p in problems)
