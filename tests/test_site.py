@@ -163,3 +163,13 @@ def test_saved_widgets_render(site):
         pytest.skip("no page of this site has a saved ipywidget")
     failures = {p: [f"{r.widget_views} saved widget view(s), none rendered"] for p, r in pages.items() if not r.widgets_rendered}
     assert not failures, "widgets not rendered (widget manager JavaScript missing?):\n" + _format(failures)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_is_readable_in_light_and_dark_mode(site, scheme):
+    """WCAG AA: body text at least 4.5:1 against its background, for a reader whose system is in dark mode too."""
+    path = next((p for p in site["chapters"] if p.startswith("notebooks/")), site["chapters"][0])
+    shot = SCREENSHOTS / bc.screenshot_name(path).replace(".png", f"-{scheme}.png")
+    result = site["checker"].text_contrast(path, color_scheme=scheme, screenshot=shot)
+    assert result["theme"] == scheme, f"{path}: the theme did not follow the reader's {scheme} mode ({result})"
+    assert result["ratio"] >= 4.5, f"{path} in {scheme} mode: text contrast {result['ratio']:.2f} < 4.5 ({result})"

@@ -99,6 +99,34 @@ async ({widgetTimeout}) => {
 """
 
 
+# Contrast of the first paragraphs of the main text against their (first opaque) background.
+_CONTRAST_JS = """
+() => {
+  const rgba = s => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = el => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c.length >= 3 && (c.length < 4 || c[3] > 0.5)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const paragraphs = Array.from(document.querySelectorAll('main p')).filter(p => p.textContent.trim()).slice(0, 10);
+  let worst = null;
+  for (const p of paragraphs) {
+    const fg = rgba(getComputedStyle(p).color).slice(0, 3), bg = background(p);
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    if (!worst || ratio < worst.ratio) worst = {ratio, color: fg, background: bg};
+  }
+  return Object.assign(worst || {ratio: 0, color: [], background: []}, {theme: document.documentElement.dataset.theme || ''});
+}
+"""
+
+
 @dataclass
 class PageReport:
     """What one page looked like in the browser."""
@@ -328,6 +356,25 @@ class SiteChecker:
             return hidden_before, content.is_visible(), title_text
         finally:
             page.close()
+
+    def text_contrast(self, path: str, color_scheme: str = "dark", screenshot: str | Path | None = None) -> dict:
+        """WCAG contrast ratio of the main text against its background, in the given colour scheme.
+
+        The browser reports ``prefers-color-scheme: <color_scheme>`` and the theme is left on
+        "auto", as for a reader whose system is in dark mode. Returns ``{"ratio", "color",
+        "background", "theme"}`` for the worst of the first paragraphs of the page.
+        """
+        context = self.browser.new_context(viewport=VIEWPORT, color_scheme=color_scheme)
+        try:
+            page = context.new_page()
+            page.goto(self.url(path), wait_until="load")
+            result = page.evaluate(_CONTRAST_JS)
+            if screenshot is not None:
+                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot))
+            return result
+        finally:
+            context.close()
 
     def search(self, term: str) -> list[str]:
         """Run the site's own search page for ``term``; return the result links (site-relative)."""
