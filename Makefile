@@ -33,12 +33,13 @@ $(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 # MathJax and the widget manager, served by the site itself (html_extra_path: _offline).
-$(OFFLINE): tools/offline-assets/package.json tools/offline-assets/package-lock.json
+$(OFFLINE): tools/offline-assets/package.json tools/offline-assets/package-lock.json tools/mathjax2-shim.js
 	cd tools/offline-assets && npm ci --no-audit --no-fund --loglevel=error
 	rm -rf _offline && mkdir -p _offline/widgets
 	cp -r tools/offline-assets/node_modules/mathjax/es5 _offline/mathjax
 	cp -r tools/offline-assets/node_modules/@jupyter-widgets/html-manager/dist/. _offline/widgets/
 	cp tools/offline-assets/node_modules/requirejs/require.js _offline/widgets/require.js
+	cp tools/mathjax2-shim.js _offline/widgets/mathjax2-shim.js
 	touch $@
 
 # The execution cache does not see edits to the package: drop it when companion/ changes.
