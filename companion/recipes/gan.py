@@ -1,0 +1,385 @@
+"""Training recipe for GANs: the 8-Gaussians ring (chapter "GAN training and variants") and MNIST.
+
+One :class:`Config` selects the data (``"ring"`` or ``"mnist"``), the architecture (MNIST:
+``"mlp"`` or ``"dcgan"``; the ring always uses small MLPs), the loss and the tricks:
+
+=============  ==========================================================================
+``loss``       discriminator / generator objective
+=============  ==========================================================================
+``ns``         GAN discriminator loss, non-saturating generator loss -log D(G(z))
+``minimax``    GAN discriminator loss, saturating generator loss log(1 - D(G(z)))
+``wgan``       Wasserstein critic with weight clipping to [-c, c], RMSprop
+``wgan-gp``    Wasserstein critic with gradient penalty (lambda = ``gp_weight``)
+``lsgan``      least squares, 0-1 coding
+``dragan``     GAN losses (non-saturating) plus the DRAGAN penalty (lambda = ``gp_weight``)
+``hinge``      hinge losses (SNGAN / SAGAN)
+=============  ==========================================================================
+
+``spectral_norm`` normalises every layer of D; ``conditional`` feeds labels (ring: the
+mode index; MNIST: the digit) to G and D; ``self_attention`` adds a SAGAN block to both
+DCGAN networks. Fields left ``None`` take the per-data defaults of ``DEFAULTS`` and
+per-loss optimiser settings (:func:`resolve` fills them in). ``steps`` counts generator
+updates; the Wasserstein losses take ``n_critic`` (default 5) critic steps per generator step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from companion import gan as G
+from companion.toy2d import mode_coverage, ring_centers, sample_ring
+from companion.train import History, train_loop
+
+__all__ = ["Config", "DEFAULTS", "LOSSES", "resolve", "build_model", "train", "evaluate", "sample",
+           "snapshot_callback", "snapshots", "config_dict", "VARIANTS", "compare_variants"]
+
+LOSSES = ("ns", "minimax", "wgan", "wgan-gp", "lsgan", "dragan", "hinge")
+DATA = ("ring", "mnist")
+ARCHS = ("mlp", "dcgan")
+
+DEFAULTS = {
+    "ring": {"latent_dim": 2, "hidden": 128, "batch_size": 256, "steps": 2000},
+    "mnist": {"latent_dim": 64, "hidden": 256, "batch_size": 64, "steps": 3000},
+}
+
+
+@dataclass
+class Config:
+    """Settings of one GAN run (JSON-serialisable). ``None`` means "the default for this data and loss".
+
+    Attributes:
+        data: ``"ring"`` (8 Gaussians on a circle, 2-D) or ``"mnist"`` (28 x 28 digits).
+        arch: MNIST networks, ``"mlp"`` or ``"dcgan"`` (the ring always uses small MLPs).
+        loss: one of ``ns``, ``minimax``, ``wgan``, ``wgan-gp``, ``lsgan``, ``dragan``, ``hinge``.
+        spectral_norm: spectral normalisation of every layer of the discriminator.
+        conditional: feed the label (ring mode or digit) to G and D (a conditional GAN).
+        self_attention: add a SAGAN self-attention block to both DCGAN networks.
+        steps: generator updates (default 2,000 ring, 3,000 MNIST).
+        batch_size: examples per batch (default 256 ring, 64 MNIST).
+        latent_dim: dimension of z (default 2 ring, 64 MNIST).
+        hidden: width of the MLPs (the DCGAN base channel count is hidden / 8) (default 128 ring, 256 MNIST).
+        lr_g, lr_d: learning rates of G and D (default per loss; MNIST uses a fifth of the ring's).
+        beta1, beta2: Adam's betas (default (0.5, 0.999); (0.5, 0.9) for WGAN-GP; WGAN uses RMSprop).
+        n_critic: discriminator steps per generator step (default 5 for WGAN and WGAN-GP, else 1).
+        gp_weight: lambda of the WGAN-GP and DRAGAN penalties (default 10 for MNIST, as in the papers;
+            0.1 for the ring, as in the WGAN-GP authors' toy experiments: a penalty of 10 on 2-D data
+            overpowers the critic's loss and the generator never settles).
+        clip_value: WGAN weight clipping range [-c, c].
+        n_modes, ring_radius, ring_std: the ring mixture (K, r, sigma).
+        n_eval: samples drawn by ``evaluate``.
+        seed: seeds the initialisation, the data order and the noise.
+    """
+
+    data: str = "ring"
+    arch: str = "mlp"
+    loss: str = "ns"
+    spectral_norm: bool = False
+    conditional: bool = False
+    self_attention: bool = False
+    steps: int | None = None
+    batch_size: int | None = None
+    latent_dim: int | None = None
+    hidden: int | None = None
+    lr_g: float | None = None
+    lr_d: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    n_critic: int | None = None
+    gp_weight: float | None = None
+    clip_value: float = 0.01
+    n_modes: int = 8
+    ring_radius: float = 2.0
+    ring_std: float = 0.1
+    n_eval: int = 2500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.data not in DATA:
+            raise ValueError(f"unknown data {self.data!r}; expected one of {DATA}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHS}")
+        if self.self_attention and not (self.data == "mnist" and self.arch == "dcgan"):
+            raise ValueError("self_attention needs data='mnist' and arch='dcgan' (attention over feature-map positions)")
+        for name in ("batch_size", "latent_dim", "hidden", "n_critic"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.gp_weight is not None and self.gp_weight < 0:
+            raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
+        if self.n_eval < 1 or self.n_modes < 1:
+            raise ValueError(f"n_eval and n_modes must be >= 1, got {self.n_eval} and {self.n_modes}")
+
+
+def resolve(cfg: Config) -> Config:
+    """Return a copy of ``cfg`` with every ``None`` replaced by its default for this data and loss."""
+    if cfg.loss == "wgan":
+        opt = {"lr_g": 5e-4, "lr_d": 5e-4, "beta1": 0.0, "beta2": 0.0}  # RMSprop, as in the paper: betas unused
+    elif cfg.loss == "wgan-gp":
+        opt = {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.5, "beta2": 0.9}
+    else:
+        opt = {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.5, "beta2": 0.999}
+    if cfg.data == "mnist":
+        opt["lr_g"] = opt["lr_d"] = opt["lr_g"] / 5
+    fill = {**DEFAULTS[cfg.data], **opt, "n_critic": 5 if cfg.loss in ("wgan", "wgan-gp") else 1,
+            "gp_weight": 0.1 if cfg.data == "ring" else 10.0}
+    return replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None})
+
+
+def build_model(cfg: Config) -> G.GAN:
+    """A :class:`companion.gan.GAN` (generator + discriminator) for ``cfg``, initialised from ``cfg.seed``."""
+    cfg = resolve(cfg)
+    torch.manual_seed(cfg.seed)
+    if cfg.data == "ring":
+        k = cfg.n_modes if cfg.conditional else 0
+        gen = G.ToyGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
+        disc = G.ToyDiscriminator(2, cfg.hidden, n_classes=k)
+    else:
+        k = 10 if cfg.conditional else 0
+        if cfg.arch == "mlp":
+            gen = G.MLPGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
+            disc = G.MLPDiscriminator(cfg.hidden, n_classes=k)
+        else:
+            base = max(8, cfg.hidden // 8)
+            gen = G.DCGANGenerator(cfg.latent_dim, base, n_classes=k, self_attention=cfg.self_attention)
+            disc = G.DCGANDiscriminator(base, n_classes=k, self_attention=cfg.self_attention)
+    if cfg.spectral_norm:
+        G.apply_spectral_norm(disc)
+    return G.GAN(gen, disc)
+
+
+def _real_batches(cfg: Config, gen: torch.Generator):
+    """Infinite iterator of (x, y) real batches; y is None for unconditional runs."""
+    if cfg.data == "ring":
+        while True:
+            x, y = sample_ring(cfg.batch_size, cfg.n_modes, cfg.ring_radius, cfg.ring_std, generator=gen, return_labels=True)
+            yield x, (y if cfg.conditional else None)
+    from companion.data import load_mnist
+    from companion.train import minibatches
+
+    images, labels = load_mnist("train")
+    images = images * 2 - 1  # the generators end in tanh: data in [-1, 1]
+    while True:
+        for x, y in minibatches(images, labels, batch_size=cfg.batch_size, generator=gen, drop_last=True):
+            yield x, (y if cfg.conditional else None)
+
+
+def _d_loss(cfg: Config, model: G.GAN, x: Tensor, y: Tensor | None, fake: Tensor, y_fake: Tensor | None,
+            gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Discriminator loss for one batch; returns (loss, D's detached scores on the real batch)."""
+    D = model.discriminator
+    cond = y is not None
+    real_s = D(x, y) if cond else D(x)
+    fake_s = D(fake, y_fake) if cond else D(fake)
+    if cfg.loss in ("ns", "minimax", "dragan"):
+        loss = G.discriminator_loss(real_s, fake_s)
+    elif cfg.loss in ("wgan", "wgan-gp"):
+        loss = G.wasserstein_losses(real_s, fake_s)[0]
+    elif cfg.loss == "lsgan":
+        loss = G.lsgan_losses(real_s, fake_s)[0]
+    else:
+        loss = G.hinge_losses(real_s, fake_s)[0]
+    critic = (lambda t: D(t, y)) if cond else D
+    if cfg.loss == "wgan-gp":
+        loss = loss + cfg.gp_weight * G.gradient_penalty(critic, x, fake, generator=gen)
+    elif cfg.loss == "dragan":
+        loss = loss + cfg.gp_weight * G.dragan_penalty(critic, x, generator=gen)
+    return loss, real_s.detach()
+
+
+def _g_loss(cfg: Config, real_s: Tensor, fake_s: Tensor) -> Tensor:
+    if cfg.loss in ("ns", "dragan"):
+        return G.generator_loss(fake_s, "non_saturating")
+    if cfg.loss == "minimax":
+        return G.generator_loss(fake_s, "minimax")
+    if cfg.loss in ("wgan", "wgan-gp"):
+        return G.wasserstein_losses(real_s, fake_s)[1]
+    if cfg.loss == "lsgan":
+        return G.lsgan_losses(real_s, fake_s)[1]
+    return G.hinge_losses(real_s, fake_s)[1]
+
+
+def train(cfg: Config, model: G.GAN, *, progress: bool = True, callback=None) -> History:
+    """Alternate ``n_critic`` discriminator steps (D maximises its objective) and one generator step.
+
+    Records ``d_loss`` and ``g_loss`` per generator step. ``callback(i, history)`` runs after
+    each step (e.g. to take snapshots of samples).
+    """
+    cfg = resolve(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    D, Gn = model.discriminator, model.generator
+    if cfg.loss == "wgan":
+        opt_d = torch.optim.RMSprop(D.parameters(), lr=cfg.lr_d)
+        opt_g = torch.optim.RMSprop(Gn.parameters(), lr=cfg.lr_g)
+    else:
+        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        opt_g = torch.optim.Adam(Gn.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    batches = _real_batches(cfg, gen)
+    n_classes = model.n_classes
+    model.train()
+
+    def fake_batch(n: int) -> tuple[Tensor, Tensor | None]:
+        z = torch.randn(n, cfg.latent_dim, generator=gen)
+        y = torch.randint(0, n_classes, (n,), generator=gen) if n_classes else None
+        return (Gn(z, y) if n_classes else Gn(z)), y
+
+    def step(i: int) -> dict[str, Tensor]:
+        for _ in range(cfg.n_critic):
+            x, y = next(batches)
+            with torch.no_grad():
+                fake, y_fake = fake_batch(x.shape[0])
+            d_loss, real_s = _d_loss(cfg, model, x, y, fake, y_fake, gen)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            if cfg.loss == "wgan":
+                G.clip_weights_(D, cfg.clip_value)
+        fake, y_fake = fake_batch(cfg.batch_size)
+        fake_s = D(fake, y_fake) if n_classes else D(fake)
+        g_loss = _g_loss(cfg, real_s, fake_s)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+    desc = f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
+    history = train_loop(step, cfg.steps, desc=desc, progress=progress, callback=callback)
+    model.eval()
+    return history
+
+
+def sample(cfg: Config, model: G.GAN, n: int, generator: torch.Generator | None = None,
+           labels: Tensor | None = None) -> Tensor:
+    """n samples: ring (n, 2); MNIST (n, 1, 28, 28) in [0, 1]. Conditional models cycle labels k mod K by default."""
+    cfg = resolve(cfg)
+    x = model.sample(n, labels=labels, generator=generator)
+    return x if cfg.data == "ring" else (x + 1) / 2
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, model: G.GAN) -> dict[str, float]:
+    """Quality figures on ``n_eval`` samples (seeded by ``cfg.seed``).
+
+    Ring: ``modes_captured``, ``high_quality_fraction``, ``kl_to_uniform`` (and
+    ``label_accuracy`` for conditional runs), see :func:`companion.toy2d.mode_coverage`.
+    MNIST: mean Euclidean distance in pixel space from each sample to its nearest test image
+    (``nn_fake_to_real``, low = samples look like data) and from each test image to its
+    nearest sample (``nn_real_to_fake``, low = the data is covered), on up to 2,000 test images.
+    """
+    cfg = resolve(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    k = model.n_classes
+    labels = torch.arange(cfg.n_eval) % k if k else None
+    x = sample(cfg, model, cfg.n_eval, generator=gen, labels=labels)
+    if cfg.data == "ring":
+        cov = mode_coverage(x, ring_centers(cfg.n_modes, cfg.ring_radius), cfg.ring_std, labels=labels)
+        return cov.as_dict()
+    from companion.data import load_mnist
+
+    test, _ = load_mnist("test")
+    test = test[:2000].flatten(1)
+    d = torch.cdist(x.flatten(1), test)
+    return {"nn_fake_to_real": float(d.min(1).values.mean()), "nn_real_to_fake": float(d.min(0).values.mean())}
+
+
+def config_dict(cfg: Config) -> dict:
+    """The resolved config as a plain dict (the cache key of ``train_or_load``)."""
+    return asdict(resolve(cfg))
+
+
+def snapshot_callback(cfg: Config, model: G.GAN, every: int, n: int = 500, seed: int = 0):
+    """A ``train`` callback that records ring samples from fixed noise every ``every`` steps.
+
+    After step 1 and after every ``every``-th step it stores into the history the step
+    (``snapshot_step``), the coordinates of ``n`` samples G(z) for one fixed z
+    (``snapshot_x``, ``snapshot_y``) and their ``snapshot_modes`` and ``snapshot_hq``
+    (:func:`companion.toy2d.mode_coverage`). Being part of the history, the snapshots are cached
+    with the weights by :func:`companion.train.train_or_load`. Read them with :func:`snapshots`.
+    """
+    cfg = resolve(cfg)
+    if cfg.data != "ring":
+        raise ValueError(f"snapshots are for the 2-D ring data; got data={cfg.data!r}")
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    z = torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
+    labels = torch.arange(n) % model.n_classes if model.n_classes else None
+    centers = ring_centers(cfg.n_modes, cfg.ring_radius)
+
+    def callback(i: int, history: History) -> None:
+        if i != 0 and (i + 1) % every:
+            return
+        with torch.no_grad():
+            x = model.generator(z, labels) if labels is not None else model.generator(z)
+        cov = mode_coverage(x, centers, cfg.ring_std)
+        history.metrics["snapshot_step"].append(float(i + 1))
+        history.metrics["snapshot_x"].extend(x[:, 0].tolist())
+        history.metrics["snapshot_y"].extend(x[:, 1].tolist())
+        history.metrics["snapshot_modes"].append(float(cov.modes_captured))
+        history.metrics["snapshot_hq"].append(cov.high_quality_fraction)
+
+    return callback
+
+
+def snapshots(history: History) -> list[tuple[int, Tensor]]:
+    """The ``(step, samples (n, 2))`` pairs recorded by :func:`snapshot_callback`, in order."""
+    steps = [int(s) for s in history.metrics.get("snapshot_step", [])]
+    if not steps:
+        return []
+    xy = torch.tensor([history.metrics["snapshot_x"], history.metrics["snapshot_y"]]).T
+    return list(zip(steps, xy.reshape(len(steps), -1, 2)))
+
+
+VARIANTS: dict[str, dict] = {
+    "GAN (non-saturating)": {"loss": "ns"},
+    "GAN (minimax)": {"loss": "minimax"},
+    "WGAN (weight clipping)": {"loss": "wgan"},
+    "WGAN-GP": {"loss": "wgan-gp"},
+    "LSGAN": {"loss": "lsgan"},
+    "DRAGAN": {"loss": "dragan"},
+    "GAN + spectral norm": {"loss": "ns", "spectral_norm": True},
+    "hinge + spectral norm": {"loss": "hinge", "spectral_norm": True},
+    "conditional GAN": {"loss": "ns", "conditional": True},
+}
+"""The variants the chapter compares on the ring, as name -> the Config fields that define it."""
+
+
+def compare_variants(base: Config, variants: dict[str, dict] | None = None, seeds=(0,), *,
+                     cache_name: str | None = None, progress: bool = True, return_models: bool = False):
+    """Train every variant on the same task and budget; return one row of metrics per (variant, seed).
+
+    Args:
+        base: the shared settings (data, steps, sizes, ...); each variant overrides some fields.
+        variants: name -> Config overrides (default :data:`VARIANTS`).
+        seeds: seeds to run for each variant.
+        cache_name: if given, weights and histories are cached with
+            :func:`companion.train.train_or_load` under ``<cache_name>-<loss>...``.
+        progress: show a progress bar per run.
+        return_models: also return the trained models, keyed by ``(variant, seed)``.
+
+    Returns:
+        Rows ``{"variant", "seed", "seconds", **evaluate(...)}``; ``seconds`` is the training
+        time (as measured when the run was trained, also for cached runs). With
+        ``return_models``, the pair ``(rows, models)``.
+    """
+    from companion.train import train_or_load
+
+    rows, models = [], {}
+    for name, overrides in (variants or VARIANTS).items():
+        for seed in seeds:
+            cfg = replace(base, seed=seed, **overrides)
+            model = build_model(cfg)
+            if cache_name is None:
+                history = train(cfg, model, progress=progress)
+            else:
+                tag = "-".join([cache_name, cfg.loss] + (["sn"] if cfg.spectral_norm else [])
+                               + (["cond"] if cfg.conditional else []))
+                history = train_or_load(tag, model, lambda m, c=cfg: train(c, m, progress=progress), config_dict(cfg))
+            rows.append({"variant": name, "seed": seed, "seconds": history.seconds, **evaluate(cfg, model)})
+            models[name, seed] = model
+    return (rows, models) if return_models else rows
