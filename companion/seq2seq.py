@@ -52,6 +52,7 @@ __all__ = [
     "evaluate_seq2seq",
     "train_seq2seq",
     "time_per_step",
+    "attention_offset_profile",
     "LSTMSeq2Seq",
 ]
 
@@ -249,7 +250,8 @@ def train_seq2seq(model: nn.Module, task: DigitTask, *, steps: int, batch_size: 
 
     Args:
         schedule: ``"cosine"`` (linear warm-up, cosine decay to 0 at ``steps``), ``"inverse_sqrt"``
-            (the paper's shape) or ``"constant"`` (no warm-up, no decay).
+            (linear warm-up, then the paper's inverse-square-root decay) or ``"constant"``
+            (linear warm-up, then constant; ``warmup=0``: constant from the start).
         clip_norm: clip the global gradient norm to this value (``None``: no clipping).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=weight_decay)
@@ -257,8 +259,8 @@ def train_seq2seq(model: nn.Module, task: DigitTask, *, steps: int, batch_size: 
         sched = warmup_schedule(opt, warmup, total_steps=max(steps, warmup, 1))
     elif schedule == "inverse_sqrt":
         sched = warmup_schedule(opt, warmup)
-    elif schedule == "constant":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    elif schedule == "constant":  # linear warm-up (if warmup > 0), then constant
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) if warmup > 0 else 1.0)
     else:
         raise ValueError(f"schedule must be 'cosine', 'inverse_sqrt' or 'constant', got {schedule!r}")
     model.train()
@@ -292,6 +294,51 @@ def time_per_step(model: nn.Module, src: Tensor, tgt: Tensor, repeats: int = 5, 
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return float(torch.tensor(times).median())
+
+
+@torch.no_grad()
+def attention_offset_profile(model: nn.Module, src: Tensor, tgt: Tensor, max_offset: int = 3) -> dict[str, Tensor]:
+    """Where does each head look, relative to the position it "should" look at? (reversal task)
+
+    For a source of length n and decoder input position t (which emits output token t, the
+    copy of source token n - 1 - t), the anchor of a query is
+
+    * ``"encoder"`` (self-attention): its own position t;
+    * ``"decoder_self"``: its own position t (only offsets <= 0 are visible);
+    * ``"cross"``: the source position n - 1 - t it must copy.
+
+    Args:
+        model: a :class:`~companion.transformer.Transformer` (with ``attention_weights``).
+        src: (B, T_s) sources; tgt: (B, T_s + 2) targets with BOS (from :class:`DigitTask`).
+        max_offset: offsets -max_offset .. max_offset are reported.
+
+    Returns:
+        ``{kind: (n_layers, n_heads, 2 * max_offset + 1)}``: the mean weight on key anchor + offset,
+        averaged over real queries for which that key exists (NaN where none does).
+    """
+    tgt_in = tgt[:, :-1]
+    weights = model.attention_weights(src, tgt_in)
+    n = (src != PAD).sum(1)  # (B,)
+    offsets = torch.arange(-max_offset, max_offset + 1)
+    out = {}
+    for kind, ws in weights.items():
+        T_q = ws[0].shape[-2]
+        t = torch.arange(T_q)[None, :]  # (1, T_q)
+        if kind == "cross":
+            anchor, q_ok, k_hi = n[:, None] - 1 - t, t < n[:, None], n[:, None] - 1
+        elif kind == "encoder":
+            anchor, q_ok, k_hi = t.expand(len(n), T_q), t < n[:, None], n[:, None] - 1
+        else:  # decoder self-attention: queries BOS .. last digit, keys up to the query itself
+            anchor, q_ok, k_hi = t.expand(len(n), T_q), t <= n[:, None], t.expand(len(n), T_q)
+        keys = anchor[..., None] + offsets  # (B, T_q, n_offsets)
+        ok = q_ok[..., None] & (keys >= 0) & (keys <= k_hi[..., None])  # (B, T_q, n_offsets)
+        layers = []
+        for w in ws:  # (B, H, T_q, T_k)
+            picked = w.gather(-1, keys.clamp(0, w.shape[-1] - 1)[:, None].expand(-1, w.shape[1], -1, -1))
+            picked = picked * ok[:, None]
+            layers.append(picked.sum((0, 2)) / ok.sum((0, 1)))  # (H, n_offsets)
+        out[kind] = torch.stack(layers)
+    return out
 
 
 class LSTMSeq2Seq(nn.Module):

@@ -12,6 +12,7 @@ from companion.seq2seq import (
     PAD,
     DigitTask,
     LSTMSeq2Seq,
+    attention_offset_profile,
     exact_sequence_accuracy,
     is_held_out,
     str_to_tokens,
@@ -110,3 +111,32 @@ def test_time_per_step_is_positive():
     m = LSTMSeq2Seq(d_embed=8, d_hidden=8)
     src, tgt = DigitTask("reverse", 2, 4).sample(8, torch.Generator().manual_seed(0))
     assert time_per_step(m, src, tgt, repeats=2) > 0
+
+
+def test_attention_offset_profile_finds_known_patterns():
+    """Weights that look exactly at the anchor give 1 at offset 0; one step back gives 1 at offset -1."""
+    task = DigitTask("reverse", 3, 6)
+    src, tgt = task.sample(20, torch.Generator().manual_seed(0))
+    B, T_s = src.shape
+    T_t = tgt.shape[1] - 1
+    n = (src != PAD).sum(1)
+
+    class Fake:
+        def attention_weights(self, s, t_in):
+            eye = torch.eye(T_s)[None, None].expand(B, 2, T_s, T_s)  # encoder: self
+            prev = torch.zeros(B, 2, T_t, T_t)  # decoder self: one step back (or self at t = 0)
+            idx = (torch.arange(T_t) - 1).clamp(min=0)
+            prev[:, :, torch.arange(T_t), idx] = 1.0
+            cross = torch.zeros(B, 2, T_t, T_s)  # cross: the mirror position n - 1 - t
+            for b in range(B):
+                for t in range(T_t):
+                    cross[b, :, t, max(int(n[b]) - 1 - t, 0)] = 1.0
+            return {"encoder": [eye], "decoder_self": [prev], "cross": [cross]}
+
+    prof = attention_offset_profile(Fake(), src, tgt, max_offset=2)
+    assert {k: tuple(v.shape) for k, v in prof.items()} == {k: (1, 2, 5) for k in prof}
+    torch.testing.assert_close(prof["encoder"][0, :, 2], torch.ones(2))
+    torch.testing.assert_close(prof["cross"][0, :, 2], torch.ones(2))
+    assert prof["cross"][0, :, [0, 1, 3, 4]].abs().max() == 0
+    assert prof["decoder_self"][0, 0, 1] > 0.8  # offset -1 (t = 0 has no earlier key)
+    assert torch.isnan(prof["decoder_self"][0, :, 3:]).all(), "future keys are invisible: NaN"

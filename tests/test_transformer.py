@@ -271,5 +271,8 @@ def test_recipe_learns_short_reversals():
     after = recipe.evaluate(cfg, model)
     assert history.last("loss", 20) < history.last("loss") + 1 and history["loss"][-1] < history["loss"][0] / 5
     assert before < 0.2 and after["exact_acc"] > 0.95, (before, after)
-    src, out = recipe.sample(cfg, model, 4, torch.Generator().manual_seed(0))
-    assert src.shape == (4, 4) and out.shape[0] == 4
+    lines = recipe.sample(cfg, model, 4, torch.Generator().manual_seed(0))
+    assert len(lines) == 4
+    for line in lines:  # "3 1 4  ->  4 1 3 </s>": the output is the reversed input
+        source, output = line.split("  ->  ")
+        assert output.split() == source.split()[::-1] + ["</s>"]
