@@ -66,12 +66,27 @@ def read_page(path: Path) -> Page:
 
 
 def _strip_code(text: str) -> str:
-    """Blank out fenced code blocks (```python ... ```) so their lines are not read as headings."""
-    def blank(m):
-        return re.sub(r"[^\n]", " ", m.group(0))
+    """Blank out fenced code blocks (```python ... ```) so their lines are not read as headings.
 
-    fence = r"^(?P<f>`{3,}|~{3,})(?![`~])(?!\{)[^\n]*\n.*?^(?P=f)[ \t]*$"
-    return re.sub(fence, blank, text, flags=re.M | re.S)
+    Fences are tracked line by line, so the closing fence of a directive (```{exercise} ... ```)
+    is not mistaken for the opening of a code block. Directive bodies are kept (they are prose).
+    """
+    out, stack = [], []  # stack of (fence string, is_code)
+    for line in text.split("\n"):
+        m = re.match(r"^(`{3,}|~{3,})(.*)$", line)
+        in_code = any(code for _, code in stack)
+        if m:
+            fence, rest = m.group(1), m.group(2).strip()
+            if stack and not rest and fence[0] == stack[-1][0][0] and len(fence) >= len(stack[-1][0]):
+                stack.pop()
+                out.append(re.sub(r"[^\n]", " ", line) if in_code else line)
+                continue
+            if not in_code:
+                stack.append((fence, not rest.startswith("{")))
+                out.append(line)
+                continue
+        out.append(re.sub(r"[^\n]", " ", line) if in_code else line)
+    return "\n".join(out)
 
 
 def find_section(text: str, name: str) -> int | None:
