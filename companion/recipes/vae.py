@@ -52,7 +52,7 @@ class Config:
     family: str = "vae"
     hidden: list[int] = field(default_factory=lambda: [400])
     z_dim: int = 20
-    activation: str = "elu"
+    activation: str = "silu"
     epochs: float = 60.0
     batch_size: int = 128
     lr: float = 3e-3
