@@ -245,9 +245,8 @@ class Transformer(nn.Module):
         """Every layer's and head's attention weights, for plots.
 
         Returns:
-            ``{"encoder": [(B, H, T_s, T_s)] * n_encoder_layers,
-            "decoder_self": [(B, H, T_t, T_t)] * n_decoder_layers,
-            "cross": [(B, H, T_t, T_s)] * n_decoder_layers}``.
+            A dict of lists, one tensor per layer: ``"encoder"`` (B, H, T_s, T_s),
+            ``"decoder_self"`` (B, H, T_t, T_t) and ``"cross"`` (B, H, T_t, T_s).
         """
         memory, w_enc = self.encode(src, need_weights=True)
         _, w_self, w_cross = self.decode(tgt_in, memory, src, need_weights=True)
