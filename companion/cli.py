@@ -47,7 +47,8 @@ import torch
 from companion import distributed
 
 __all__ = ["MODELS", "ModelSpec", "CLIError", "main", "build_parser", "make_config", "save_checkpoint",
-           "load_checkpoint", "evaluate_model", "CHECKPOINT_FORMAT"]
+           "load_checkpoint", "load_model", "evaluate_model", "train_model", "sample_model", "data_tag",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "companion-checkpoint-v1"
 
@@ -317,14 +318,28 @@ def _recipe_sample(recipe: ModuleType, cfg, model, n: int, generator: torch.Gene
     return recipe.sample(cfg, model, n, generator=generator)
 
 
+def sample_model(name: str, cfg, model, n: int, *, seed: int = 0):
+    """``n`` samples of a model by name, seeded by ``seed`` (the ones :func:`evaluate_model` scores).
+
+    Conditional models get the digits ``0, 1, ..., 9, 0, 1, ...`` (``torch.arange(n) % 10``).
+    """
+    spec = MODELS[name]
+    labels = torch.arange(n) % 10 if spec.conditional else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*offline fallback.*")
+        return _recipe_sample(spec.load(), cfg, model, n, torch.Generator().manual_seed(seed), labels)
+
+
 def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = True, n: int | None = None,
-                   iwae_k: int = 100, seed: int = 0, progress: bool = True) -> dict:
+                   iwae_k: int = 100, seed: int = 0, progress: bool = True, classifier=None) -> dict:
     """The recipe's own metrics plus, for MNIST generators, the shared ones of :mod:`companion.metrics`.
 
     Image generators: ``n`` samples (default: as many as test images, at most 2,000) scored
-    against the first ``n`` test images (feature FID, classifier IS, coverage, class KL;
+    against ``n`` random test images (:func:`companion.metrics.reference_images`, seed 0:
+    the same for every model) (feature FID, classifier IS, coverage, class KL;
     label accuracy for conditional models), the real-vs-real baseline at the same ``n``, and
     for the VAEs the IWAE NLL bound with ``iwae_k`` samples on those test images.
+    ``classifier`` defaults to :func:`companion.metrics.mnist_classifier` (trained once, cached).
     """
     spec = MODELS[spec] if isinstance(spec, str) else spec
     recipe = spec.load()
@@ -337,15 +352,16 @@ def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = T
         from companion import metrics as M
         from companion.data import load_mnist, mnist_is_fallback
 
-        x_test, y_test = load_mnist("test")
-        n = min(2000, x_test.shape[0]) if n is None else int(n)
-        if not 2 <= n <= x_test.shape[0]:
-            raise CLIError(f"--n-eval must be in [2, {x_test.shape[0]}], got {n}")
-        classifier = M.mnist_classifier(progress=progress, verbose=False)
-        g = torch.Generator().manual_seed(seed)
+        n_test = load_mnist("test")[0].shape[0]
+        n = min(2000, n_test) if n is None else int(n)
+        if not 2 <= n <= n_test:
+            raise CLIError(f"--n-eval must be in [2, {n_test}], got {n}")
+        x_test, y_test = M.reference_images("test", n, seed=0)  # the same reference for every model
+        if classifier is None:
+            classifier = M.mnist_classifier(progress=progress, verbose=False)
         labels = torch.arange(n) % 10 if spec.conditional else None
-        x = _recipe_sample(recipe, cfg, model, n, g, labels)
-        found = M.image_metrics(x.float().clamp(0, 1), classifier, x_test[:n], labels=labels)
+        x = sample_model(spec.name, cfg, model, n, seed=seed)
+        found = M.image_metrics(x.float().clamp(0, 1), classifier, x_test, labels=labels)
         base = M.real_baseline(classifier, n)
         out.update({k: v for k, v in found.items()})
         out.update({f"real_{k}": v for k, v in base.items() if k != "histogram"})
@@ -353,9 +369,69 @@ def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = T
         out["data"] = "mnist-fallback" if mnist_is_fallback() else "mnist"
         if spec.likelihood:
             out["iwae_k"] = iwae_k
-            out["nll_iwae"] = M.iwae_nll(model, x_test[:n], k=iwae_k, labels=y_test[:n] if spec.conditional else None,
+            out["nll_iwae"] = M.iwae_nll(model, x_test, k=iwae_k, labels=y_test if spec.conditional else None,
                                          generator=torch.Generator().manual_seed(seed + 1))
     return out
+
+
+def data_tag() -> str:
+    """``"mnist"`` or ``"mnist-fallback"``: which MNIST a model is trained on (part of every cache key)."""
+    from companion.data import mnist_is_fallback
+
+    return "mnist-fallback" if mnist_is_fallback() else "mnist"
+
+
+def train_model(name: str, cfg=None, *, snapshot_every: int = 0, n_snapshot: int = 10, snapshot_seed: int = 1234,
+                progress: bool = True, retrain: bool = False, **overrides):
+    """Train a model by name once and cache it (:func:`companion.train.train_or_load`); later calls load it.
+
+    The notebooks' entry point: the same recipe and config as ``python -m companion train``.
+    With ``snapshot_every``, ``n_snapshot`` samples from *fixed* noise (seeded by
+    ``snapshot_seed``; digits 0-9 cycling for conditional models) are taken after step 1 and
+    every ``snapshot_every`` steps; they are stored in the cached history, so a re-run that
+    loads the weights still has them.
+
+    Args:
+        name: a key of :data:`MODELS`.
+        cfg: the recipe config (default: ``make_config(name, overrides)``).
+
+    Returns:
+        ``(model, history, snapshots)``: the model in eval mode, its
+        :class:`~companion.train.History`, and a list of ``(step, images (n_snapshot, 1, 28, 28))``.
+    """
+    from companion.train import train_or_load
+
+    spec = MODELS[name] if name in MODELS else None
+    if spec is None:
+        raise CLIError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    recipe = spec.load()
+    cfg = make_config(spec, overrides) if cfg is None else cfg
+    if not isinstance(cfg, recipe.Config):
+        raise TypeError(f"cfg must be a {recipe.__name__}.Config, got {type(cfg).__name__}")
+    model = recipe.build_model(cfg)
+    key = {"model": name, "config": _config_dict(cfg), "data": data_tag(), "snapshot_every": snapshot_every,
+           "n_snapshot": n_snapshot, "snapshot_seed": snapshot_seed}
+    labels = torch.arange(n_snapshot) % 10 if spec.conditional else None
+
+    def run(m):
+        def snapshot(i: int, history) -> None:
+            if snapshot_every and (i == 0 or (i + 1) % snapshot_every == 0):
+                was_training = m.training
+                x = _recipe_sample(recipe, cfg, m, n_snapshot, torch.Generator().manual_seed(snapshot_seed), labels)
+                m.train(was_training)
+                history.metrics["snapshot_step"].append(i + 1)
+                history.metrics["snapshot_pixels"].extend(x.detach().float().flatten().tolist())
+
+        return recipe.train(cfg, m, progress=progress, callback=snapshot)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*offline fallback.*")  # data_tag() records it
+        history = train_or_load(f"{name}-{data_tag()}", model, run, key, retrain=retrain)
+    model.eval()
+    steps = [int(s) for s in history.metrics.pop("snapshot_step", [])]
+    pixels = torch.tensor(history.metrics.pop("snapshot_pixels", []), dtype=torch.float32)
+    snapshots = list(zip(steps, pixels.reshape(len(steps), n_snapshot, 1, 28, 28), strict=True)) if steps else []
+    return model, history, snapshots
 
 
 # ----------------------------------------------------------------------------------- parser
@@ -500,7 +576,10 @@ def cmd_train(args) -> int:
     steps_done = 0
 
     def snapshot(total_steps: int, hist: dict, seconds: float) -> None:
-        merged = {k: list(history_before.get(k, [])) + list(v) for k, v in hist.items()}
+        if state is not None:  # an exact-resume recipe keeps the whole history in its state
+            merged = {k: list(v) for k, v in hist.items()}
+        else:
+            merged = {k: list(history_before.get(k, [])) + list(v) for k, v in hist.items()}
         save_checkpoint(ckpt_path, model_name=spec.name, cfg=cfg, model=model, steps=total_steps, history=merged,
                         seconds=seconds, segments=segments + [{"seed": int(train_cfg.seed), "steps": steps_done,
                                                                 "world_size": info.world_size}],
@@ -519,6 +598,7 @@ def cmd_train(args) -> int:
         kwargs["state"] = state
     history = recipe.train(train_cfg, model, **kwargs)
     seconds = time.perf_counter() - t0
+    distributed.broadcast_buffers(model)  # the batch-norm statistics of rank 0's last batch, everywhere
     checksums = distributed.replica_checksums(model)
     total_steps = steps_before + steps_done
     result = {"model": spec.name, "config": _config_dict(cfg), "steps": total_steps, "segment_steps": steps_done,

@@ -69,6 +69,7 @@ __all__ = [
     "all_reduce_mean",
     "replica_checksums",
     "state_checksum",
+    "broadcast_buffers",
 ]
 
 
@@ -347,6 +348,19 @@ def all_reduce_mean(value: float | Tensor) -> float:
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return float(t.item())
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (batch-norm running statistics, ...) to every rank; no-op on one process.
+
+    DDP broadcasts rank 0's buffers at the start of every forward pass, so after the *last*
+    forward each rank still holds the statistics of its own last batch. Call this after training
+    so that every replica, and the checkpoint rank 0 writes, agree.
+    """
+    if not is_distributed():
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer.data, src=src)
 
 
 def state_checksum(model: nn.Module) -> str:

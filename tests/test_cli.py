@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,41 @@ def test_python_dash_m_companion_runs_as_a_program(tmp_path):
     proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpt_resumes_exactly_from_its_saved_optimizer_state(capsys, monkeypatch, tmp_path):
+    """A recipe with ``init_state`` (GPT) continues where it stopped: 3 + 3 steps equal 6 steps in one go."""
+    pytest.importorskip("companion.recipes.gpt")
+    from companion.data import DataError, load_shakespeare
+
+    if (SHARED_DATA / "tinyshakespeare").exists():
+        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
+        monkeypatch.setenv("COMPANION_OFFLINE", "1")
+    try:
+        load_shakespeare()
+    except DataError as exc:
+        pytest.skip(f"tiny-shakespeare is not available: {exc}")
+    small = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+             "--warmup-steps", "2", "--max-steps", "6", "--no-progress", "--no-eval"]
+    # run 6 steps, saving every 3; keep a copy of the step-3 checkpoint, as if the run had died there
+    original = cli.save_checkpoint
+
+    def save_and_keep(path, **kwargs):
+        out = original(path, **kwargs)
+        if kwargs["steps"] == 3:
+            (tmp_path / "mid").mkdir()
+            shutil.copy(out, tmp_path / "mid" / "checkpoint.pt")
+        return out
+
+    monkeypatch.setattr(cli, "save_checkpoint", save_and_keep)
+    code, _, err = run(["train", "gpt", *small, "--save-every", "3", "--out", tmp_path / "full"], capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "gpt", "--out", tmp_path / "mid", "--resume", "--no-progress", "--no-eval"], capsys)
+    assert code == 0, err
+    a = cli.load_checkpoint(tmp_path / "mid" / "checkpoint.pt", "gpt")
+    b = cli.load_checkpoint(tmp_path / "full" / "checkpoint.pt", "gpt")
+    assert a["steps"] == b["steps"] == 6 and len(a["history"]["loss"]) == 6
+    assert a["history"]["loss"] == pytest.approx(b["history"]["loss"], rel=1e-5)
+    for name, tensor in b["state_dict"].items():
+        torch.testing.assert_close(a["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)

@@ -101,6 +101,8 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
     x, y = load_mnist("train")
     if cfg.train_size:
         x, y = x[: cfg.train_size], y[: cfg.train_size]
+    device = next(model.parameters()).device  # cuda:LOCAL_RANK under torchrun with nccl
+    x, y = x.to(device), y.to(device)
     n = x.shape[0]
     spe = distributed.steps_per_epoch(n, cfg.batch_size)
     n_steps = cfg.epochs * spe
@@ -147,10 +149,11 @@ def evaluate(cfg: Config, model: nn.Module, *, batch_size: int = 1000) -> dict[s
     x, y = load_mnist("test")
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct, nll = 0, 0.0
     for start in range(0, x.shape[0], batch_size):
-        logits = model(x[start : start + batch_size])
-        yb = y[start : start + batch_size]
+        logits = model(x[start : start + batch_size].to(device))
+        yb = y[start : start + batch_size].to(device)
         correct += int((logits.argmax(-1) == yb).sum())
         nll += float(F.cross_entropy(logits, yb, reduction="sum"))
     model.train(was_training)

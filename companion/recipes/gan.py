@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from companion import distributed
 from companion import gan as G
 from companion.toy2d import mode_coverage, ring_centers, sample_ring
 from companion.train import History, train_loop
@@ -37,6 +38,7 @@ __all__ = ["Config", "DEFAULTS", "LOSSES", "resolve", "build_model", "train", "e
            "snapshot_callback", "snapshots", "config_dict", "VARIANTS", "compare_variants"]
 
 LOSSES = ("ns", "minimax", "wgan", "wgan-gp", "lsgan", "dragan", "hinge")
+DISTRIBUTED = True  # train() runs under torchrun (companion.distributed: DDP-wrapped G and D, sharded data)
 DATA = ("ring", "mnist")
 ARCHS = ("mlp", "dcgan")
 
@@ -161,19 +163,22 @@ def _real_batches(cfg: Config, gen: torch.Generator):
             x, y = sample_ring(cfg.batch_size, cfg.n_modes, cfg.ring_radius, cfg.ring_std, generator=gen, return_labels=True)
             yield x, (y if cfg.conditional else None)
     from companion.data import load_mnist
-    from companion.train import minibatches
 
     images, labels = load_mnist("train")
     images = images * 2 - 1  # the generators end in tanh: data in [-1, 1]
-    while True:
-        for x, y in minibatches(images, labels, batch_size=cfg.batch_size, generator=gen, drop_last=True):
-            yield x, (y if cfg.conditional else None)
+    # one process: minibatches shuffled by gen, epoch after epoch; under torchrun: this rank's shard
+    for x, y in distributed.batch_stream(images, labels, batch_size=cfg.batch_size, generator=gen, seed=cfg.seed,
+                                         drop_last=True):
+        yield x, (y if cfg.conditional else None)
 
 
 def _d_loss(cfg: Config, model: G.GAN, x: Tensor, y: Tensor | None, fake: Tensor, y_fake: Tensor | None,
-            gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Discriminator loss for one batch; returns (loss, D's detached scores on the real batch)."""
-    D = model.discriminator
+            gen: torch.Generator, D=None) -> tuple[Tensor, Tensor]:
+    """Discriminator loss for one batch; returns (loss, D's detached scores on the real batch).
+
+    ``D`` is the discriminator to call (default ``model.discriminator``; under torchrun its DDP wrapper).
+    """
+    D = model.discriminator if D is None else D
     cond = y is not None
     real_s = D(x, y) if cond else D(x)
     fake_s = D(fake, y_fake) if cond else D(fake)
@@ -212,7 +217,7 @@ def train(cfg: Config, model: G.GAN, *, progress: bool = True, callback=None) ->
     each step (e.g. to take snapshots of samples).
     """
     cfg = resolve(cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))  # cfg.seed on one process
     D, Gn = model.discriminator, model.generator
     if cfg.loss == "wgan":
         opt_d = torch.optim.RMSprop(D.parameters(), lr=cfg.lr_d)
@@ -223,25 +228,27 @@ def train(cfg: Config, model: G.GAN, *, progress: bool = True, callback=None) ->
     batches = _real_batches(cfg, gen)
     n_classes = model.n_classes
     model.train()
+    # under torchrun: DDP wrappers that average the gradients over the ranks (on one process: D and Gn)
+    D_net, G_net = distributed.data_parallel(D), distributed.data_parallel(Gn)
 
     def fake_batch(n: int) -> tuple[Tensor, Tensor | None]:
         z = torch.randn(n, cfg.latent_dim, generator=gen)
         y = torch.randint(0, n_classes, (n,), generator=gen) if n_classes else None
-        return (Gn(z, y) if n_classes else Gn(z)), y
+        return (G_net(z, y) if n_classes else G_net(z)), y
 
     def step(i: int) -> dict[str, Tensor]:
         for _ in range(cfg.n_critic):
             x, y = next(batches)
             with torch.no_grad():
                 fake, y_fake = fake_batch(x.shape[0])
-            d_loss, real_s = _d_loss(cfg, model, x, y, fake, y_fake, gen)
+            d_loss, real_s = _d_loss(cfg, model, x, y, fake, y_fake, gen, D=D_net)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
             if cfg.loss == "wgan":
                 G.clip_weights_(D, cfg.clip_value)
         fake, y_fake = fake_batch(cfg.batch_size)
-        fake_s = D(fake, y_fake) if n_classes else D(fake)
+        fake_s = D_net(fake, y_fake) if n_classes else D_net(fake)
         g_loss = _g_loss(cfg, real_s, fake_s)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -249,7 +256,7 @@ def train(cfg: Config, model: G.GAN, *, progress: bool = True, callback=None) ->
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     desc = f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
-    history = train_loop(step, cfg.steps, desc=desc, progress=progress, callback=callback)
+    history = train_loop(step, cfg.steps, desc=desc, progress=progress and distributed.is_main(), callback=callback)
     model.eval()
     return history
 
