@@ -167,7 +167,7 @@ def _reduce(t: Tensor, reduction: str) -> Tensor:
 
 def elbo(x: Tensor, logits: Tensor, mu: Tensor, logvar: Tensor, *, beta: float = 1.0,
          reduction: str = "mean") -> ELBOTerms:
-    r"""The beta-VAE loss :math:`-\log p_\theta(x \mid z) + \beta\, \mathrm{KL}(q_\phi(z \mid x) \,\|\, \mathcal N(0, I))`.
+    r"""The beta-VAE loss :math:`-\log p_\theta(x \mid z) + \beta\, \mathrm{KL}(q_\phi(z \mid x) \,\|\, p(z))`.
 
     With ``beta = 1`` the loss is the negative ELBO estimated with the one ``z`` that produced
     ``logits``; with ``beta = 0`` it is a plain (stochastic) autoencoder's reconstruction loss.
@@ -208,7 +208,7 @@ def _mlp(sizes: Sequence[int], activation: str, last_activation: bool) -> nn.Seq
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}")
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or last_activation:
             layers.append(_ACTIVATIONS[activation]())
@@ -309,7 +309,7 @@ class VAE(nn.Module):
 
 
 class CVAE(VAE):
-    r"""A conditional VAE: :math:`q_\phi(z \mid x, y)` and :math:`p_\theta(x \mid z, y)`, prior :math:`\mathcal N(0, I)`.
+    r"""A conditional VAE: :math:`q_\phi(z \mid x, y)`, :math:`p_\theta(x \mid z, y)`, prior :math:`\mathcal N(0, I)`.
 
     The label ``y`` (an int class index) enters both networks as a one-hot vector
     concatenated to their input; generating a requested digit is decoding ``(z, y)`` with
@@ -354,7 +354,10 @@ class CVAE(VAE):
         return elbo(x, logits, mu, logvar, beta=beta, reduction=reduction)
 
     def log_joint(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        raise NotImplementedError("CVAE.log_joint: condition on y through CVAE.loss; iwae_bound takes unconditional models")
+        raise NotImplementedError(
+            "CVAE.log_joint: iwae_bound takes unconditional models; fix the labels first "
+            "(companion.metrics.iwae_nll does this for a CVAE)"
+        )
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,  # type: ignore[override]
@@ -582,7 +585,7 @@ class VQVAE(nn.Module):
 
 def iwae_bound(model: nn.Module, x: Tensor, k: int, *, generator: torch.Generator | None = None,
                q: tuple[Tensor, Tensor] | None = None, chunk_size: int | None = None) -> Tensor:
-    r"""One Monte Carlo draw of the importance-weighted bound :math:`\log \frac1k \sum_{i=1}^k p(x, z_i) / q(z_i \mid x)`.
+    r"""One draw of the importance-weighted bound :math:`\log \frac1k \sum_{i=1}^k p(x, z_i) / q(z_i \mid x)`.
 
     Its expectation is :math:`\mathcal L_k`, with :math:`\mathcal L_1 = \text{ELBO} \le \mathcal L_k \le
     \mathcal L_{k+1} \le \log p(x)` (Burda et al. 2016). The log-mean-exp is computed stably with
@@ -612,7 +615,8 @@ def iwae_bound(model: nn.Module, x: Tensor, k: int, *, generator: torch.Generato
         mu, logvar = q
     if mu.shape != logvar.shape or mu.ndim != 2 or mu.shape[0] != x.shape[0]:
         raise ValueError(
-            f"q must be (mu, logvar), each (B, D) with B = {x.shape[0]}; got {tuple(mu.shape)} and {tuple(logvar.shape)}"
+            f"q must be (mu, logvar), each (B, D) with B = {x.shape[0]}; "
+            f"got {tuple(mu.shape)} and {tuple(logvar.shape)}"
         )
     if chunk_size is None:
         per_sample = x[0].numel() * x.shape[0]
@@ -734,7 +738,7 @@ class LinearGaussianLVM:
         return q_mean, q_cov.expand(x.shape[0], self.z_dim, self.z_dim)
 
     def elbo(self, x: Tensor, q_mean: Tensor, q_cov: Tensor) -> Tensor:
-        r"""Exact ELBO :math:`\mathbb E_q[\log p(x \mid z)] - \mathrm{KL}(q \,\|\, p(z))` for :math:`q = \mathcal N(m, S)`.
+        r"""Exact ELBO :math:`\mathbb E_q[\log p(x \mid z)] - \mathrm{KL}(q \,\|\, p(z))`, :math:`q = \mathcal N(m, S)`.
 
         Args:
             x: ``(B, n)``. q_mean: ``(B, d)``. q_cov: ``(d, d)`` or ``(B, d, d)``, positive definite.

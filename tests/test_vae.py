@@ -149,7 +149,7 @@ def test_beta_zero_reduces_to_a_plain_autoencoder_objective():
     torch.testing.assert_close(terms.loss, F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / 6)
     grads_vae = torch.autograd.grad(terms.loss, list(model.parameters()))
     recon_only = bernoulli_nll(model(x, torch.Generator().manual_seed(3))[0], x).mean()
-    for a, b in zip(grads_vae, torch.autograd.grad(recon_only, list(model.parameters()))):
+    for a, b in zip(grads_vae, torch.autograd.grad(recon_only, list(model.parameters())), strict=True):
         torch.testing.assert_close(a, b)
     # with a deterministic encoder (sigma -> 0) it is exactly the autoencoder loss BCE(decode(mu), x)
     with torch.no_grad():
@@ -410,7 +410,7 @@ def test_both_gradient_estimators_are_unbiased_and_reparameterization_has_lower_
     g = torch.Generator().manual_seed(0)
     for grads in (reparameterization_gradients(f, mu, logvar, n, generator=g),
                   score_function_gradients(f, mu, logvar, n, generator=g)):
-        for est, exact in zip(grads, (exact_mu, exact_logvar)):
+        for est, exact in zip(grads, (exact_mu, exact_logvar), strict=True):
             se = est.std(0) / math.sqrt(n)
             assert ((est.mean(0) - exact).abs() < 5 * se).all()
     rep_var = reparameterization_gradients(f, mu, logvar, n, generator=g)[0].var(0)
@@ -472,5 +472,5 @@ def test_recipe_trains_evaluates_and_samples_each_family(family, mnist_available
     # same config, same weights: the seed fixes initialisation, batches and noise
     again = recipe.build_model(cfg)
     recipe.train(cfg, again, progress=False)
-    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)

@@ -17,11 +17,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from companion import distributed
 from companion.data import load_mnist, mnist_is_fallback
 from companion.train import History, minibatches, train_loop
 from companion.vae import CVAE, VAE, VQVAE
 
-__all__ = ["Config", "build_model", "train", "evaluate", "sample", "FAMILIES"]
+__all__ = ["Config", "build_model", "train", "evaluate", "sample", "FAMILIES", "DISTRIBUTED"]
+
+DISTRIBUTED = True  # train() runs under torchrun (companion.distributed: DDP loss, sharded data)
 
 FAMILIES = ("vae", "cvae", "vqvae")
 
@@ -77,7 +80,9 @@ class Config:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs > 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+            raise ValueError(
+                f"need epochs > 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}"
+            )
         if self.codebook_init not in ("data", "uniform"):
             raise ValueError(f"codebook_init must be 'data' or 'uniform', got {self.codebook_init!r}")
         if self.beta < 0 or self.kl_warmup_epochs < 0 or self.train_size < 0:
@@ -128,16 +133,13 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
     """
     x, y = _train_data(cfg)
     n = x.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    # one process: ceil(n / batch_size), batches shuffled by g; under torchrun: this rank's shard
+    steps_per_epoch = distributed.steps_per_epoch(n, cfg.batch_size)
     n_steps = max(1, round(cfg.epochs * steps_per_epoch))
     warmup_steps = cfg.kl_warmup_epochs * steps_per_epoch
-    g = torch.Generator().manual_seed(cfg.seed)
-
-    def batches():
-        while True:
-            yield from minibatches(x, y, batch_size=cfg.batch_size, generator=g)
-
-    stream = batches()
+    g = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))  # cfg.seed on one process
+    stream = distributed.batch_stream(x, y, batch_size=cfg.batch_size, generator=g, seed=cfg.seed)
+    net = distributed.data_parallel(model, methods=("loss",))  # the model itself on one process
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
 
@@ -152,14 +154,15 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
             if i == 0 and cfg.codebook_init == "data":
                 with torch.no_grad():
                     model.quantizer.init_from_data(model.encode(xb), generator=g)
-            terms = model.loss(xb)
+                distributed.broadcast_module(model.quantizer)  # rank 0's codebook on every rank
+            terms = net.loss(xb)
             usage.add_(torch.bincount(model.last_indices.flatten(), minlength=cfg.codebook_size))
             out = {"loss": terms.loss, "recon": terms.recon, "codebook": terms.codebook,
                    "commitment": terms.commitment, "perplexity": terms.perplexity}
         else:
             beta = cfg.beta * min(1.0, (i + 1) / warmup_steps) if warmup_steps > 0 else cfg.beta
-            terms = model.loss(xb, yb, beta=beta, generator=g) if cfg.family == "cvae" else \
-                model.loss(xb, beta=beta, generator=g)
+            terms = net.loss(xb, yb, beta=beta, generator=g) if cfg.family == "cvae" else \
+                net.loss(xb, beta=beta, generator=g)
             out = {"loss": terms.loss, "recon": terms.recon, "kl": terms.kl, "beta": beta}
         opt.zero_grad(set_to_none=True)
         terms.loss.backward()
@@ -169,13 +172,14 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
             if cfg.dead_code_window and (i + 1) % cfg.dead_code_window == 0:
                 with torch.no_grad():
                     restarted = model.quantizer.restart_dead_codes(model.encode(xb), usage, generator=g)
+                distributed.broadcast_module(model.quantizer)
                 usage.zero_()
             out["restarted"] = restarted
         out["lr"] = lr
         return out
 
     history = train_loop(step, n_steps, desc=f"{cfg.family} ({cfg.epochs:g} epochs of {n:,} images)",
-                         every=steps_per_epoch, callback=callback, progress=progress)
+                         every=steps_per_epoch, callback=callback, progress=progress and distributed.is_main())
     model.eval()
     if cfg.family == "vqvae":
         model.fit_prior(x)
