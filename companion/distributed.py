@@ -70,6 +70,7 @@ __all__ = [
     "replica_checksums",
     "state_checksum",
     "broadcast_buffers",
+    "broadcast_module",
 ]
 
 
@@ -361,6 +362,19 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
         return
     for buffer in unwrap(model).buffers():
         dist.broadcast(buffer.data, src=src)
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers of ``module`` to every rank; no-op on one process.
+
+    For updates DDP does not see, made from each rank's own data (a VQ-VAE's codebook initialised
+    from a batch, dead codes restarted): broadcasting the result keeps the replicas identical.
+    """
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in list(unwrap(module).parameters()) + list(unwrap(module).buffers()):
+            dist.broadcast(t.data, src=src)
 
 
 def state_checksum(model: nn.Module) -> str:

@@ -196,11 +196,16 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights_after_the_expected_st
 
 @pytest.mark.slow
 @needs_mnist
-def test_torchrun_trains_a_conditional_dcgan_with_batch_norm_to_identical_replicas(tmp_path):
-    """Two DDP-wrapped networks (G with batch norm, D), per-rank noise, sharded data: the replicas still agree."""
-    pytest.importorskip("companion.recipes.gan")
-    out = tmp_path / "cgan"
-    torchrun(tmp_path, 2, ["cgan", "--steps", "3", "--batch-size", "16", "--hidden", "64", "--out", str(out)])
+@pytest.mark.parametrize("model, args, steps", [
+    # two DDP-wrapped networks (G with batch norm, D), per-rank noise
+    ("cgan", ["--steps", "3", "--batch-size", "16", "--hidden", "64"], 3),
+    # a codebook initialised from each rank's batch and dead codes restarted: broadcast from rank 0
+    ("vqvae", ["--epochs", "3", "--train-size", "512", "--channels", "8", "--dead-code-window", "2"], 3 * 2),
+])
+def test_torchrun_keeps_replicas_identical_for_the_generative_recipes(model, args, steps, tmp_path):
+    pytest.importorskip(f"companion.recipes.{'gan' if 'gan' in model else 'vae'}")
+    out = tmp_path / model
+    torchrun(tmp_path, 2, [model, *args, "--out", str(out)])
     result = json.loads((out / "metrics.json").read_text())
-    assert result["steps"] == 3 and result["world_size"] == 2
+    assert result["steps"] == steps and result["world_size"] == 2
     assert len(set(result["replica_checksums"])) == 1, result["replica_checksums"]
