@@ -2,7 +2,7 @@ r"""Scale-out: the same training code on one process or on N processes under ``t
 (appendix "Scaling out").
 
 Data parallelism (数据并行)
---------------------------
+------------------------------
 ``W`` processes (*ranks*) each hold a full copy of the model. At every step rank ``r`` takes
 its own batch :math:`\mathcal B_r` of :math:`B` examples and computes the gradient of its
 mean loss; the gradients are then averaged over the ranks (an *all-reduce*, 全归约) before
