@@ -14,7 +14,8 @@ Timings interleave the three functions call by call and report the minimum over 
 (the one least disturbed by other processes), so a change of machine load hits all three
 alike; the ratios are what to compare across machines. The load average is printed too.
 
-Run: ``.venv/bin/python benchmarks/attention_speed.py [--json out.json] [--threads N] [--repeats R]``
+Run: ``.venv/bin/python benchmarks/attention_speed.py [--json out.json] [--threads N] [--repeats R] [--clock cpu]``
+(on a machine shared with other jobs, ``--threads 1 --clock cpu`` measures the work, not the waiting).
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def _inputs(T: int, grad: bool = False):
     return [torch.randn(B, H, T, D_K, generator=g).requires_grad_(grad) for _ in range(3)]
 
 
-def time_paths(T: int, mask: torch.Tensor | None, repeats: int) -> dict[str, float]:
+def time_paths(T: int, mask: torch.Tensor | None, repeats: int, clock=time.perf_counter) -> dict[str, float]:
     """Seconds per forward call of each path: the minimum over ``repeats`` interleaved samples.
 
-    The minimum is the sample least disturbed by other processes; interleaving exposes the
-    three paths to the same load.
+    The minimum is the sample least disturbed by other processes; interleaving (in a rotating
+    order) exposes the three paths to the same load and the same cache state.
     """
     q, k, v = _inputs(T)
     n_inner = max(1, 2048 // T)  # several calls per sample for the short, fast cases
@@ -66,12 +67,15 @@ def time_paths(T: int, mask: torch.Tensor | None, repeats: int) -> dict[str, flo
     with torch.no_grad():
         for fn in PATHS.values():  # warm-up
             fn(q, k, v, mask)
-        for _ in range(repeats):
-            for name, fn in PATHS.items():
-                t0 = time.perf_counter()
+        names = list(PATHS)
+        for r in range(repeats):
+            # rotate the order, so that no path always runs right after the memory-hungry explicit one
+            for name in names[r % 3:] + names[: r % 3]:
+                fn = PATHS[name]
+                t0 = clock()
                 for _ in range(n_inner):
                     fn(q, k, v, mask)
-                samples[name].append((time.perf_counter() - t0) / n_inner)
+                samples[name].append((clock() - t0) / n_inner)
     return {name: min(s) for name, s in samples.items()}
 
 
@@ -108,14 +112,19 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=25, help="timed samples per path and size")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time (robust on a busy machine "
+                             "when used with --threads 1)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
-    print(f"q, k, v: ({B}, {H}, T, {D_K}) float32; times: minimum of {args.repeats} interleaved samples\n")
-    results = {"B": B, "H": H, "d_k": D_K, "threads": torch.get_num_threads(), "load_average": load, "rows": []}
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"q, k, v: ({B}, {H}, T, {D_K}) float32; {args.clock} times: minimum of {args.repeats} interleaved samples\n")
+    results = {"B": B, "H": H, "d_k": D_K, "threads": torch.get_num_threads(), "clock": args.clock,
+               "load_average": load, "rows": []}
     header = (f"{'mask':>7} {'T':>5} {'SDPA ms':>9} {'explicit/SDPA':>14} {'fast/SDPA':>10}"
               f" | peak MB fwd: {'expl':>6} {'fast':>6} {'sdpa':>6} | fwd+bwd: {'expl':>6} {'fast':>6} {'sdpa':>6}")
     print(header)
@@ -123,7 +132,7 @@ def main() -> None:
     for mask_kind in ("none", "causal"):
         for T in TS:
             mask = causal_mask(T) if mask_kind == "causal" else None
-            t = time_paths(T, mask, args.repeats)
+            t = time_paths(T, mask, args.repeats, clock)
             row = {"mask": mask_kind, "T": T, "sdpa_ms": 1e3 * t["sdpa"],
                    "explicit_ratio": t["explicit"] / t["sdpa"], "fast_ratio": t["fast"] / t["sdpa"]}
             for bwd, tag in ((False, "fwd"), (True, "fwd_bwd")):

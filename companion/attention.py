@@ -24,8 +24,9 @@ with :math:`W_i^Q, W_i^K \in \mathbb R^{d_{model} \times d_k}`, :math:`W_i^V \in
 
 Masks follow :func:`torch.nn.functional.scaled_dot_product_attention`: a **bool** tensor,
 **True where attention is allowed**, broadcastable to the scores' shape ``(..., T_q, T_k)``.
-A query row whose every key is masked has no defined softmax (0/0); both paths here raise a
-``ValueError`` for it instead of returning NaN (the explicit formula) or silent zeros (torch's kernel).
+A query row whose every key is masked has no defined softmax (0/0). The explicit path raises a
+``ValueError`` for it rather than return NaN; the fast path follows torch's kernel and returns a
+zero output row (no NaN), without reading the mask's values.
 
 Two paths compute the same function:
 
@@ -55,48 +56,58 @@ __all__ = [
 ]
 
 
-def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
-    """Raise unless ``mask`` is a bool tensor broadcastable to ``scores_shape`` with no fully masked row."""
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether ``shape`` broadcasts to exactly ``target`` (a cheap ``torch.broadcast_shapes`` check)."""
+    if len(shape) > len(target):
+        return False
+    return all(s == t or s == 1 for s, t in zip(reversed(shape), reversed(target), strict=False))
+
+
+def _check_mask(mask: Tensor, scores_shape: tuple[int, ...], check_rows: bool = True) -> None:
+    """Raise unless ``mask`` is a bool tensor broadcastable to ``scores_shape``.
+
+    With ``check_rows``, also raise for a query row with no allowed key. That check reads the
+    mask's values (a device synchronisation on a GPU), so the fast path skips it.
+    """
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a bool tensor, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must have dtype torch.bool (True = may attend), got {mask.dtype}")
-    try:
-        shape = torch.broadcast_shapes(mask.shape, scores_shape)
-    except RuntimeError:
-        shape = None
-    if shape != scores_shape:
+    if not _broadcasts_to(tuple(mask.shape), tuple(scores_shape)):
         raise ValueError(
             f"mask has shape {tuple(mask.shape)} but scores have shape {tuple(scores_shape)}; "
             "the mask must broadcast to (..., T_q, T_k)"
         )
     # Checked on the (usually small, un-broadcast) mask itself: cheap even for long sequences.
-    if not bool(mask.any(-1).all()):
+    # (sum + min is cheaper than any + all on CPU.)
+    if check_rows and not bool(mask.sum(-1).min()):
         raise ValueError(
             "a query row has every key masked (mask.any(-1) is False somewhere); its attention "
             "weights would be 0/0 = NaN. Give every query at least one key it may attend to."
         )
 
 
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> torch.Size:
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, ...]:
     """Validate shapes; return the shape of the scores ``(..., T_q, T_k)``."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim < 2:
             raise ValueError(f"{name} needs at least 2 dims (..., T, d), got shape {tuple(t.shape)}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q has d_k = {q.shape[-1]} but k has d_k = {k.shape[-1]}; they must match")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k has T_k = {k.shape[-2]} positions but v has {v.shape[-2]}; they must match")
-    try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"batch dims of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])} and v {tuple(v.shape[:-2])} "
-            "do not broadcast"
-        ) from None
-    return torch.Size((*batch, q.shape[-2], k.shape[-2]))
+    qs, ks, vs = q.shape, k.shape, v.shape
+    if qs[-1] != ks[-1]:
+        raise ValueError(f"q has d_k = {qs[-1]} but k has d_k = {ks[-1]}; they must match")
+    if ks[-2] != vs[-2]:
+        raise ValueError(f"k has T_k = {ks[-2]} positions but v has {vs[-2]}; they must match")
+    batch = qs[:-2]
+    if not batch == ks[:-2] == vs[:-2]:  # the common case needs no broadcasting
+        try:
+            batch = torch.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"batch dims of q {tuple(qs[:-2])}, k {tuple(ks[:-2])} and v {tuple(vs[:-2])} do not broadcast"
+            ) from None
+    return (*batch, qs[-2], ks[-2])
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
@@ -134,9 +145,12 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
 
 def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
                     dropout_p: float = 0.0, is_causal: bool = False) -> Tensor:
-    """The fast path: the checks of :func:`scaled_dot_product_attention`, then torch's fused kernel.
+    """The fast path: the shape and dtype checks of :func:`scaled_dot_product_attention`, then torch's fused kernel.
 
-    Same arguments and the same output as the explicit function (without the weights).
+    Same arguments and the same output as the explicit function (without the weights), except
+    for a query row whose every key is masked: the explicit path raises, this one returns a zero
+    output row and zero gradients (torch's convention; no NaN). It does not inspect the mask's
+    values, which would cost time and, on a GPU, a synchronisation.
     ``is_causal=True`` applies :func:`causal_mask` without building it (requires T_q == T_k);
     it may be combined with ``mask``.
     """
@@ -149,7 +163,7 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
             mask = mask & causal_mask(T_q, device=mask.device)
             is_causal = False
     if mask is not None:
-        _check_mask(mask, scores_shape)
+        _check_mask(mask, scores_shape, check_rows=False)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
