@@ -62,6 +62,9 @@ __all__ = [
     "top_p_filter",
     "next_token_probs",
     "sample_next_token",
+    "kv_cache_floats",
+    "check_kv_cache_floats",
+    "check_top_p_filter",
 ]
 
 
@@ -428,3 +431,40 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
         return logits.argmax(dim=-1, keepdim=True)
     probs = next_token_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# ------------------------------------------------------------------- exercise checkers
+
+
+def kv_cache_floats(n_layer: int, n_ctx: int, n_embd: int, batch: int = 1) -> int:
+    """Numbers a :class:`KVCache` holds for ``batch`` sequences of ``n_ctx`` positions:
+    one key and one value vector of size ``n_embd`` (all heads) per layer and position."""
+    return 2 * n_layer * n_ctx * n_embd * batch
+
+
+def check_kv_cache_floats(answer: int, n_layer: int, n_ctx: int, n_embd: int, batch: int = 1) -> bool:
+    """Exercise checker: is ``answer`` the number of floats in a full KV cache? Prints a verdict."""
+    expected = kv_cache_floats(n_layer, n_ctx, n_embd, batch)
+    ok = answer == expected
+    print(f"{'Correct' if ok else 'Not quite'}: 2 (K and V) x {n_layer} layers x {n_ctx} positions x "
+          f"{n_embd} numbers x {batch} sequences = {expected:,}" + ("" if ok else f"; you gave {answer:,}"))
+    return ok
+
+
+def check_top_p_filter(fn, trials: int = 200, seed: int = 0) -> bool:
+    """Exercise checker: does ``fn(logits (B, V), p) -> logits`` keep exactly the nucleus?
+
+    Compares the set of finite entries of ``fn``'s output with :func:`top_p_filter`'s on
+    random logits (ties are unlikely with continuous random values). Prints a verdict.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for i in range(trials):
+        logits = torch.randn(3, 12, generator=g) * (1 + 3 * torch.rand(1, generator=g))
+        p = float(torch.rand(1, generator=g).clamp(0.05, 0.99))
+        got, want = torch.isfinite(fn(logits.clone(), p)), torch.isfinite(top_p_filter(logits, p))
+        if not torch.equal(got, want):
+            print(f"Not quite (trial {i}, p = {p:.3f}): you kept {got.sum(-1).tolist()} tokens per row, "
+                  f"the nucleus has {want.sum(-1).tolist()}. Logits:\n{logits}")
+            return False
+    print(f"Correct: your filter kept exactly the nucleus in all {trials} trials.")
+    return True

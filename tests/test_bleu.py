@@ -109,3 +109,12 @@ def test_bleu_rejects_mismatched_or_bad_input():
         bleu([], [])
     with pytest.raises(ValueError, match="smooth must be"):
         bleu(["a"], ["a"], smooth="add-k")
+
+
+def test_check_brevity_penalty(capsys):
+    from companion.metrics import check_brevity_penalty
+
+    assert check_brevity_penalty(math.exp(1 - 33 / 30), hyp_len=30, ref_len=33)
+    assert check_brevity_penalty(1.0, hyp_len=12, ref_len=10)
+    assert not check_brevity_penalty(30 / 33, hyp_len=30, ref_len=33)
+    assert "Not quite" in capsys.readouterr().out

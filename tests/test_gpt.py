@@ -324,3 +324,27 @@ def test_evaluate_and_sample_follow_the_recipe_contract():
     assert metrics["val_bpc"] == pytest.approx(metrics["val_loss"] / math.log(2))
     texts = recipe.sample(cfg, model, 2, generator=torch.Generator().manual_seed(0))
     assert len(texts) == 2 and all(len(t) == 21 and t[0] == "\n" for t in texts)
+
+
+# ----------------------------------------------------------------- exercise checkers
+
+
+def test_check_top_p_filter_accepts_the_nucleus_and_rejects_off_by_one(capsys):
+    from companion.gpt import check_top_p_filter
+
+    assert check_top_p_filter(top_p_filter)
+
+    def off_by_one(logits, p):  # drops the token that crosses p: mass may end below p
+        probs, order = logits.softmax(-1).sort(-1, descending=True)
+        remove = probs.cumsum(-1) > p
+        return logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
+
+    assert not check_top_p_filter(off_by_one)
+    assert "Not quite" in capsys.readouterr().out
+
+
+def test_check_kv_cache_floats():
+    from companion.gpt import check_kv_cache_floats
+
+    assert check_kv_cache_floats(2 * 4 * 64 * 128, n_layer=4, n_ctx=64, n_embd=128)
+    assert not check_kv_cache_floats(4 * 64 * 128, n_layer=4, n_ctx=64, n_embd=128)

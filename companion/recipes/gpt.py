@@ -34,8 +34,8 @@ from companion.gpt import GPT, GPTConfig
 from companion.lm import bits_per_char, evaluate_nll, get_batch, perplexity
 from companion.train import History, train_loop
 
-__all__ = ["Config", "TrainState", "load_data", "build_model", "init_state", "lr_at", "train", "evaluate",
-           "sample"]
+__all__ = ["Config", "chapter_config", "benchmark_config", "TrainState", "load_data", "build_model", "init_state",
+           "lr_at", "train", "evaluate", "sample"]
 
 
 @dataclass
@@ -75,6 +75,20 @@ class Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def chapter_config() -> Config:
+    """The chapter's run: a 4-layer, 128-wide GPT, context 64, trained for about two minutes on
+    two CPU cores (notebooks ``03_2`` and ``03_3`` share its cached weights)."""
+    return Config(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=16, max_steps=1500,
+                  lr=2e-3, min_lr=2e-4, warmup_steps=50, eval_every=150)
+
+
+def benchmark_config(minutes: float = 8.0) -> Config:
+    """The benchmark's run (``benchmarks/gpt_shakespeare.py``): ``minutes`` of training, the
+    cosine schedule following the clock."""
+    return Config(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, max_steps=10**9,
+                  time_budget=60.0 * minutes, lr=2e-3, min_lr=2e-4, warmup_steps=100)
 
 
 @functools.lru_cache(maxsize=1)
