@@ -67,6 +67,7 @@ COLUMNS = [  # (key, header, format)
     ("model", "model", "{}"),
     ("budget", "training budget", "{}"),
     ("train_seconds", "train time (s)", "{:.0f}"),
+    ("train_cpu_seconds", "train CPU (s)", "{:.0f}"),
     ("fid", "feature FID ↓", "{:.1f}"),
     ("inception_score", "classifier IS ↑", "{:.2f}"),
     ("coverage", "coverage ↑", "{:.1f}"),
@@ -143,8 +144,10 @@ def markdown(results: dict) -> str:
         "",
         f"Produced by `benchmarks/mnist_results.py` on {meta['date']} (commit {meta.get('git', 'unknown')}, "
         f"torch {meta['torch']}, {meta['threads']} thread{'s' if meta['threads'] != 1 else ''} on a "
-        f"{meta['cpus']}-CPU machine; load average "
+        f"{meta['cpus']}-CPU machine shared with other jobs; load average "
         f"{meta['load_average_start']:.1f} at the start, {meta['load_average_end']:.1f} at the end). "
+        "Train time: wall-clock seconds of the training loop, inflated by the machine's load; train CPU: "
+        "CPU seconds the training used (all threads), which the load does not inflate much. "
         f"Data: {data}. Each model: {meta['n_samples']:,} samples against {meta['n_samples']:,} random test images; "
         "baseline row: FID of as many random training images against them, IS, coverage and label accuracy of "
         "the test images themselves; "
@@ -167,7 +170,14 @@ def main(argv=None) -> None:
     parser.add_argument("--iwae-k", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--render-only", action="store_true",
+                        help="only rewrite OUT.md from an existing OUT.json (no training)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        results = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.with_suffix(".md").write_text(markdown(results))
+        print(markdown(results))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*offline fallback.*")

@@ -478,7 +478,7 @@ _positive_int.__name__ = "positive int"
 
 
 def _add_command_options(command: str, p: argparse.ArgumentParser, spec: ModelSpec) -> None:
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (unset: torch's choice)")
     if command == "train":
         p.add_argument("--out", type=Path, default=Path("runs") / spec.name, help="output directory")
         p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -486,7 +486,7 @@ def _add_command_options(command: str, p: argparse.ArgumentParser, spec: ModelSp
                        help="also save a checkpoint every STEPS steps (rank 0)")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         p.add_argument("--no-eval", action="store_true", help="skip the recipe's evaluation after training")
-        p.add_argument("--metrics", type=Path, default=None, help="metrics JSON path (default: OUT/metrics.json)")
+        p.add_argument("--metrics", type=Path, default=None, help="metrics JSON path (unset: OUT/metrics.json)")
         try:
             recipe = spec.load()
         except CLIError as exc:
@@ -498,19 +498,21 @@ def _add_command_options(command: str, p: argparse.ArgumentParser, spec: ModelSp
                    help="checkpoint written by `train`")
     p.add_argument("--seed", type=int, default=0, help="seeds the samples")
     if command == "sample":
-        p.add_argument("-n", "--num", type=_positive_int, default=64, help="number of samples")
+        p.add_argument("-n", "--num", type=_positive_int, default=4 if spec.kind == "text" else 64,
+                       help="number of samples")
         p.add_argument("--out", type=Path, default=None,
-                       help="output file: .png (image grid) or .txt (text); default: beside the checkpoint")
+                       help="output file: .png (image grid) or .txt (text); unset: samples.png or .txt beside "
+                            "the checkpoint")
         p.add_argument("--tensor", type=Path, default=None, help="also save the raw samples with torch.save")
         if spec.conditional:
             p.add_argument("--digit", type=int, default=None, choices=range(10), metavar="0-9",
                            help="generate only this digit (default: 0, 1, ..., 9 cycling)")
     else:
         p.add_argument("--json", type=Path, default=None,
-                       help="write the metrics here (default: eval.json beside the checkpoint)")
+                       help="write the metrics here (unset: eval.json beside the checkpoint)")
         if spec.kind == "image":
             p.add_argument("--n-eval", type=_positive_int, default=None,
-                           help="samples for the image metrics (default: min(2000, test images))")
+                           help="samples for the image metrics (unset: min(2000, test images))")
             p.add_argument("--no-image-metrics", action="store_true",
                            help="only the recipe's metrics (skip FID/IS/coverage and the classifier)")
         if spec.likelihood:
