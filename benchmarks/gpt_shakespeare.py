@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import torch
 
 from companion.recipes import gpt as recipe
+from provenance import provenance
 
 TARGET = 1.55
 REFERENCE = {"nanoGPT 4L/4H/128d, ctx 64, batch 12": {"1 min 46 s": 1.89, "7 min 50 s": 1.59}}
@@ -56,6 +56,7 @@ def main() -> None:
     eval_seconds = time.perf_counter() - t0
     steps = len(history["loss"])
     result = {
+        **provenance("benchmarks/gpt_shakespeare.py"),
         "val_loss_nats_per_char": metrics["val_loss"],
         "val_bits_per_char": metrics["val_bpc"],
         "val_perplexity": metrics["val_ppl"],
@@ -69,10 +70,7 @@ def main() -> None:
         "eval_seconds": eval_seconds,
         "parameters": model.num_params(),
         "config": cfg.to_dict(),
-        "torch_threads": torch.get_num_threads(),
         "loadavg_1min_before_after": [load_before[0], load_after[0]],
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
         "target": TARGET,
         "reference": REFERENCE,
         "meets_target": metrics["val_loss"] <= TARGET,

@@ -27,19 +27,17 @@ Feature FID and IS are NOT comparable to Inception-network values in papers (see
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from companion import __version__
 from companion import metrics as M
 from companion.cli import MODELS, data_tag, evaluate_model, make_config, train_model
+from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "mnist_results"
@@ -75,20 +73,6 @@ COLUMNS = [  # (key, header, format)
     ("label_accuracy", "label accuracy ↑", "{:.1%}"),
     ("nll_iwae", "NLL bound (nats) ↓", "{:.1f}"),
 ]
-
-
-def git_revision() -> str:
-    """The commit the code was run from (``+local changes`` when the working tree differs), or ``unknown``."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "companion", "benchmarks/mnist_results.py"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" +local changes" if dirty else "")
 
 
 def budget_text(name: str, overrides: dict) -> str:
@@ -197,13 +181,7 @@ def main(argv=None) -> None:
 
     results = {
         "meta": {
-            "date": datetime.date.today().isoformat(),
-            "companion_version": __version__,
-            "git": git_revision(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
+            **provenance("benchmarks/mnist_results.py"),
             "load_average_start": load_start,
             "load_average_end": os.getloadavg()[0],
             "data": data_tag(),
