@@ -14,7 +14,8 @@ characters before it in its window.
 
 Usage::
 
-    .venv/bin/python benchmarks/gpt_shakespeare.py [--minutes 8] [--json out.json] [--threads 2]
+    .venv/bin/python benchmarks/gpt_shakespeare.py [--minutes 8] [--threads 2] \
+        [--json benchmarks/results/gpt_shakespeare.json]
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ def chapter_config() -> Config:
 def benchmark_config(minutes: float = 8.0) -> Config:
     """The benchmark's run (``benchmarks/gpt_shakespeare.py``): ``minutes`` of training, the
     cosine schedule following the clock."""
-    return Config(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, max_steps=10**9,
-                  time_budget=60.0 * minutes, lr=2e-3, min_lr=2e-4, warmup_steps=100)
+    return Config(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, max_steps=10**9,
+                  time_budget=60.0 * minutes, lr=3e-3, min_lr=2e-4, warmup_steps=100)
 
 
 @functools.lru_cache(maxsize=1)
