@@ -128,9 +128,9 @@ def markdown(results: dict) -> str:
         "",
         f"Produced by `benchmarks/mnist_results.py` on {meta['date']} (commit {meta.get('git', 'unknown')}, "
         f"torch {meta['torch']}, {meta['threads']} thread{'s' if meta['threads'] != 1 else ''} on a "
-        f"{meta['cpus']}-CPU machine shared with other jobs; load average "
+        f"{meta['cpus']}-CPU machine; load average "
         f"{meta['load_average_start']:.1f} at the start, {meta['load_average_end']:.1f} at the end). "
-        "Train time: wall-clock seconds of the training loop, inflated by the machine's load; train CPU: "
+        "Train time: wall-clock seconds of the training loop, which other jobs on the machine inflate; train CPU: "
         "CPU seconds the training used (all threads), which the load does not inflate much. "
         f"Data: {data}. Each model: {meta['n_samples']:,} samples against {meta['n_samples']:,} random test images; "
         "baseline row: FID of as many random training images against them, IS, coverage and label accuracy of "
