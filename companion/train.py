@@ -81,7 +81,8 @@ class History:
 
 def train_loop(step: Callable[[int], Mapping[str, float | Tensor]], n_steps: int, *,
                desc: str = "training", every: int = 10, history: History | None = None,
-               callback: Callable[[int, History], None] | None = None, progress: bool = True) -> History:
+               callback: Callable[[int, History], None] | None = None, progress: bool = True,
+               show_total: bool = True) -> History:
     """Run ``step(i)`` for i = 0 .. n_steps - 1 with a progress bar; return the history.
 
     Args:
@@ -92,6 +93,8 @@ def train_loop(step: Callable[[int], Mapping[str, float | Tensor]], n_steps: int
         history: continue an earlier run's history (for resumed training).
         callback: called as ``callback(i, history)`` after each step (snapshots, evals).
         progress: show the bar (``tqdm.auto``: a widget in Jupyter, text elsewhere).
+        show_total: show ``n_steps`` as the bar's total; ``False`` when another limit (a time
+            budget) ends the run first, so the bar counts steps without a misleading total.
     """
     from tqdm.auto import tqdm
 
@@ -99,7 +102,8 @@ def train_loop(step: Callable[[int], Mapping[str, float | Tensor]], n_steps: int
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
     history = history if history is not None else History()
     start = time.perf_counter()
-    bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=0.5)
+    steps = range(n_steps) if show_total else iter(range(n_steps))  # an iterator has no len(): no total
+    bar = tqdm(steps, desc=desc, disable=not progress, mininterval=0.5)
     for i in bar:
         out = step(i)
         for key, value in out.items():

@@ -220,7 +220,7 @@ def train(cfg: Config, model: GPT, *, progress: bool = True, callback: Callable[
 
     try:
         train_loop(step, max(cfg.max_steps - start_step, 0), desc="GPT", history=history, callback=after,
-                   progress=progress)
+                   progress=progress, show_total=cfg.time_budget is None)
     except _TimeUp:  # train_loop adds its time only when it finishes: account for it here
         history.seconds += time.perf_counter() - t0
     model.eval()
