@@ -26,9 +26,9 @@ import os
 import time
 
 import torch
+from provenance import provenance
 
 from companion.recipes import gpt as recipe
-from provenance import provenance
 
 TARGET = 1.55
 REFERENCE = {"nanoGPT 4L/4H/128d, ctx 64, batch 12": {"1 min 46 s": 1.89, "7 min 50 s": 1.59}}

@@ -11,7 +11,7 @@ cycling for conditional models) against the first 2,000 test images, scored with
 classifier of :mod:`companion.metrics` (feature FID, classifier inception score, class coverage,
 KL of the class histogram to uniform, label accuracy), and for the VAEs the IWAE bound on the
 NLL of those test images (k = 256). The first row is the real-vs-real baseline
-(:func:`companion.metrics.real_baseline`): FID of random training images against the test
+(:func:`companion.runs.real_baseline`): FID of random training images against the test
 images, IS, coverage and label accuracy of the test images.
 
 Writes ``OUT.json`` (everything, with the machine, the load average and the data used) and
@@ -34,10 +34,12 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from companion import metrics as M
-from companion.cli import MODELS, data_tag, evaluate_model, make_config, train_model
 from provenance import provenance
+
+from companion.cli import MODELS, data_tag, evaluate_model, make_config, train_model
+from companion.metrics import NOT_COMPARABLE_TO_PAPERS
+from companion.recipes.classifier import mnist_classifier
+from companion.runs import real_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "mnist_results"
@@ -169,8 +171,8 @@ def main(argv=None) -> None:
     progress = not args.no_progress
     load_start = os.getloadavg()[0]
 
-    classifier = M.mnist_classifier(progress=progress)  # prints its test accuracy
-    baseline = {"model": "real images (baseline)", "budget": "–", **M.real_baseline(classifier, 2000)}
+    classifier = mnist_classifier(progress=progress)  # prints its test accuracy
+    baseline = {"model": "real images (baseline)", "budget": "–", **real_baseline(classifier, 2000)}
     rows = []
     for name in args.models:
         print(f"\n== {name}: {budget_text(name, budgets[name])}", flush=True)
@@ -189,7 +191,7 @@ def main(argv=None) -> None:
             "n_samples": 2000,
             "iwae_k": args.iwae_k,
             "classifier_accuracy": classifier.test_accuracy,
-            "not_comparable": M.NOT_COMPARABLE_TO_PAPERS,
+            "not_comparable": NOT_COMPARABLE_TO_PAPERS,
         },
         "baseline": baseline,
         "models": rows,

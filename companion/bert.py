@@ -25,7 +25,6 @@ rule), so BERT has no perplexity and no left-to-right sampler.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +34,8 @@ from torch import Tensor, nn
 from companion.attention import MultiHeadAttention
 from companion.gpt import MLP, GPTConfig
 from companion.lm import get_batch
-from companion.train import History, train_loop
 
-__all__ = ["BERTConfig", "EncoderBlock", "BERT", "mask_tokens", "train_mlm", "fill_in_comparison"]
+__all__ = ["BERTConfig", "EncoderBlock", "BERT", "mask_tokens", "fill_in_comparison"]
 
 
 @dataclass
@@ -147,35 +145,7 @@ def mask_tokens(idx: Tensor, mask_id: int, n_real: int, mask_prob: float = 0.15,
     return inputs, labels
 
 
-# ------------------------------------------------------------------ training and evaluation
-
-
-def train_mlm(model: BERT, data: Tensor, *, steps: int, batch_size: int = 32, lr: float = 2e-3,
-              warmup: int = 30, mask_prob: float = 0.15, generator: torch.Generator | None = None,
-              progress: bool = True) -> History:
-    """Train ``model`` with the masked-LM loss on random windows of ``data`` (AdamW,
-    warm-up then cosine decay to lr/10). Returns the :class:`companion.train.History`."""
-    cfg = model.config
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
-    model.train()
-
-    def step(i: int) -> dict[str, float | Tensor]:
-        frac = i / max(steps - 1, 1)
-        lr_i = min(1.0, (i + 1) / warmup) * (0.1 * lr + 0.45 * lr * (1 + math.cos(math.pi * frac)))
-        for group in opt.param_groups:
-            group["lr"] = lr_i
-        x, _ = get_batch(data, batch_size, cfg.block_size, generator)
-        inputs, labels = mask_tokens(x, cfg.mask_id, cfg.vocab_size - 1, mask_prob, generator)
-        _, loss = model(inputs, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return {"loss": loss.detach(), "lr": lr_i}
-
-    history = train_loop(step, steps, desc="BERT (masked LM)", progress=progress)
-    model.eval()
-    return history
+# ------------------------------------------------------------------ evaluation
 
 
 @torch.no_grad()

@@ -22,14 +22,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from companion.train import train_loop
-
-__all__ = ["GaussianClassifier", "LogisticRegression", "fit_logistic_regression", "accuracy"]
+__all__ = ["check_xy", "GaussianClassifier", "LogisticRegression", "accuracy", "MNISTClassifier"]
 
 
-def _check_xy(x: Tensor, y: Tensor) -> None:
+def check_xy(x: Tensor, y: Tensor) -> None:
     if x.ndim != 2:
         raise ValueError(f"x must have shape (N, D), got {tuple(x.shape)}")
     if y.shape != (x.shape[0],):
@@ -57,7 +56,7 @@ class GaussianClassifier:
 
     def fit(self, x: Tensor, y: Tensor) -> GaussianClassifier:
         """Maximum-likelihood fit on x: (N, D), y: (N,) labels in [0, C)."""
-        _check_xy(x, y)
+        check_xy(x, y)
         d = x.shape[1]
         counts = torch.bincount(y.long(), minlength=self.n_classes)
         if (counts < 2).any():
@@ -113,24 +112,6 @@ class LogisticRegression(nn.Module):
             return self(x).softmax(-1)
 
 
-def fit_logistic_regression(x: Tensor, y: Tensor, n_classes: int, steps: int = 500, lr: float = 0.1,
-                            progress: bool = False) -> LogisticRegression:
-    """Maximum (conditional) likelihood: minimise the cross-entropy of p(y | x) with full-batch Adam."""
-    _check_xy(x, y)
-    model = LogisticRegression(x.shape[1], n_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-    def step(i):
-        loss = nn.functional.cross_entropy(model(x), y.long())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {"nll": loss}
-
-    model.history = train_loop(step, steps, desc="logistic regression", progress=progress)
-    return model
-
-
 def accuracy(proba: Tensor, y: Tensor) -> float:
     """Fraction of argmax predictions equal to the labels."""
     if proba.shape[0] != y.shape[0]:
@@ -154,3 +135,47 @@ def two_moons_and_blob(n: int, generator: torch.Generator | None = None) -> tupl
 
 
 __all__.append("two_moons_and_blob")
+
+
+class MNISTClassifier(nn.Module):
+    r"""The small CNN whose features and probabilities the image metrics use.
+
+    ``x: (N, 1, 28, 28)`` in [0, 1] -> standardise with MNIST's pixel mean 0.1307 and standard
+    deviation 0.3081 -> conv 4x4 stride 2 (``channels[0]``, 14x14) -> ReLU -> conv 4x4 stride 2
+    (``channels[1]``, 7x7) -> ReLU -> linear to ``hidden`` -> ReLU = the features
+    :math:`\phi(x)` -> dropout -> linear to 10 logits.
+
+    Args:
+        channels: widths of the two convolutions.
+        hidden: feature dimension (128).
+        dropout: dropout probability before the last layer (training only).
+    """
+
+    MEAN, STD = 0.1307, 0.3081
+
+    def __init__(self, channels: tuple[int, int] | list[int] = (16, 32), hidden: int = 128, dropout: float = 0.25,
+                 n_classes: int = 10):
+        super().__init__()
+        if len(channels) != 2 or min(channels) < 1:
+            raise ValueError(f"channels must be two positive widths, got {list(channels)}")
+        if hidden < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"need hidden >= 1 and 0 <= dropout < 1, got {hidden}, {dropout}")
+        c1, c2 = (int(c) for c in channels)
+        self.conv1 = nn.Conv2d(1, c1, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 4, stride=2, padding=1)
+        self.fc = nn.Linear(c2 * 7 * 7, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """``x: (N, 1, 28, 28)`` -> penultimate features ``(N, hidden)``."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"MNISTClassifier expects x of shape (N, 1, 28, 28), got {tuple(x.shape)}")
+        h = (x - self.MEAN) / self.STD
+        h = F.relu(self.conv1(h))
+        h = F.relu(self.conv2(h))
+        return F.relu(self.fc(h.flatten(1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: (N, 1, 28, 28)`` -> logits ``(N, 10)``."""
+        return self.head(self.dropout(self.features(x)))

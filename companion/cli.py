@@ -335,11 +335,11 @@ def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = T
     """The recipe's own metrics plus, for MNIST generators, the shared ones of :mod:`companion.metrics`.
 
     Image generators: ``n`` samples (default: as many as test images, at most 2,000) scored
-    against ``n`` random test images (:func:`companion.metrics.reference_images`, seed 0:
+    against ``n`` random test images (:func:`companion.runs.reference_images`, seed 0:
     the same for every model) (feature FID, classifier IS, coverage, class KL;
     label accuracy for conditional models), the real-vs-real baseline at the same ``n``, and
     for the VAEs the IWAE NLL bound with ``iwae_k`` samples on those test images.
-    ``classifier`` defaults to :func:`companion.metrics.mnist_classifier` (trained once, cached).
+    ``classifier`` defaults to :func:`companion.recipes.classifier.mnist_classifier` (trained once, cached).
     """
     spec = MODELS[spec] if isinstance(spec, str) else spec
     recipe = spec.load()
@@ -350,26 +350,29 @@ def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = T
         if spec.kind != "image" or not image_metrics:
             return out
         from companion import metrics as M
+        from companion import runs
         from companion.data import load_mnist, mnist_is_fallback
+        from companion.recipes.classifier import mnist_classifier
+        from companion.vae import iwae_nll
 
         n_test = load_mnist("test")[0].shape[0]
         n = min(2000, n_test) if n is None else int(n)
         if not 2 <= n <= n_test:
             raise CLIError(f"--n-eval must be in [2, {n_test}], got {n}")
-        x_test, y_test = M.reference_images("test", n, seed=0)  # the same reference for every model
+        x_test, y_test = runs.reference_images("test", n, seed=0)  # the same reference for every model
         if classifier is None:
-            classifier = M.mnist_classifier(progress=progress, verbose=False)
+            classifier = mnist_classifier(progress=progress, verbose=False)
         labels = torch.arange(n) % 10 if spec.conditional else None
         x = sample_model(spec.name, cfg, model, n, seed=seed)
         found = M.image_metrics(x.float().clamp(0, 1), classifier, x_test, labels=labels)
-        base = M.real_baseline(classifier, n)
+        base = runs.real_baseline(classifier, n)
         out.update({k: v for k, v in found.items()})
         out.update({f"real_{k}": v for k, v in base.items() if k != "histogram"})
         out["classifier_accuracy"] = classifier.test_accuracy
         out["data"] = "mnist-fallback" if mnist_is_fallback() else "mnist"
         if spec.likelihood:
             out["iwae_k"] = iwae_k
-            out["nll_iwae"] = M.iwae_nll(model, x_test, k=iwae_k, labels=y_test if spec.conditional else None,
+            out["nll_iwae"] = iwae_nll(model, x_test, k=iwae_k, labels=y_test if spec.conditional else None,
                                          generator=torch.Generator().manual_seed(seed + 1))
     return out
 

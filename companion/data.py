@@ -258,10 +258,13 @@ class _Split:
 
 def _load_official(split: str) -> _Split:
     img_name, lbl_name = MNIST_SPLIT_FILES[split]
-    images = read_idx(_fetch(img_name, "mnist", MNIST_FILES[img_name], [m + img_name + ".gz" for m in MNIST_MIRRORS], True))
-    labels = read_idx(_fetch(lbl_name, "mnist", MNIST_FILES[lbl_name], [m + lbl_name + ".gz" for m in MNIST_MIRRORS], True))
+    images = read_idx(_fetch(img_name, "mnist", MNIST_FILES[img_name],
+                             [m + img_name + ".gz" for m in MNIST_MIRRORS], True))
+    labels = read_idx(_fetch(lbl_name, "mnist", MNIST_FILES[lbl_name],
+                             [m + lbl_name + ".gz" for m in MNIST_MIRRORS], True))
     if images.ndim != 3 or labels.ndim != 1:
-        raise IDXFormatError(f"MNIST {split}: expected images (N, 28, 28) and labels (N,), got {images.shape} and {labels.shape}")
+        raise IDXFormatError(f"MNIST {split}: expected images (N, 28, 28) and labels (N,), "
+                             f"got {images.shape} and {labels.shape}")
     if images.shape[0] != labels.shape[0]:
         raise IDXFormatError(f"MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
     return _Split(images, labels)

@@ -45,7 +45,7 @@ def check_probability_vectors(*dists: Tensor, names: tuple[str, ...] | None = No
     """
     names = names or tuple(f"argument {i}" for i in range(len(dists)))
     shape = dists[0].shape
-    for name, d in zip(names, dists):
+    for name, d in zip(names, dists, strict=False):
         if not isinstance(d, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(d).__name__}")
         if d.shape != shape:

@@ -38,8 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from companion.train import History, train_loop
-from companion.transformer import label_smoothing_cross_entropy, warmup_schedule
+from companion.transformer import label_smoothing_cross_entropy
 
 __all__ = [
     "PAD", "BOS", "EOS", "N_SPECIAL", "VOCAB_SIZE",
@@ -50,7 +49,7 @@ __all__ = [
     "exact_sequence_accuracy",
     "accuracy_by_length",
     "evaluate_seq2seq",
-    "train_seq2seq",
+    "seq2seq_loss",
     "time_per_step",
     "attention_offset_profile",
     "LSTMSeq2Seq",
@@ -234,50 +233,13 @@ def accuracy_by_length(model: nn.Module, task: DigitTask, n_per_length: int = 20
     return out
 
 
-def _loss(model: nn.Module, src: Tensor, tgt: Tensor, label_smoothing: float) -> Tensor:
+def seq2seq_loss(model: nn.Module, src: Tensor, tgt: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Teacher-forced, label-smoothed cross-entropy of ``model(src, tgt[:, :-1])`` against ``tgt[:, 1:]``.
+
+    PAD targets are ignored.
+    """
     logits = model(src, tgt[:, :-1])
     return label_smoothing_cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), label_smoothing, ignore_index=PAD)
-
-
-def train_seq2seq(model: nn.Module, task: DigitTask, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
-                  warmup: int = 100, label_smoothing: float = 0.0, clip_norm: float | None = 1.0,
-                  weight_decay: float = 0.0, generator: torch.Generator | None = None, progress: bool = True,
-                  callback=None, desc: str = "training", schedule: str = "cosine") -> History:
-    """Train a seq2seq model (``model(src, tgt_in) -> logits``) with Adam(W), warm-up and clipping.
-
-    Every step draws a fresh training batch from ``task`` (never a held-out sequence). Records
-    ``loss`` (label-smoothed, the optimised quantity), ``grad_norm`` (before clipping) and ``lr``.
-
-    Args:
-        schedule: ``"cosine"`` (linear warm-up, cosine decay to 0 at ``steps``), ``"inverse_sqrt"``
-            (linear warm-up, then the paper's inverse-square-root decay) or ``"constant"``
-            (linear warm-up, then constant; ``warmup=0``: constant from the start).
-        clip_norm: clip the global gradient norm to this value (``None``: no clipping).
-    """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=weight_decay)
-    if schedule == "cosine":
-        sched = warmup_schedule(opt, warmup, total_steps=max(steps, warmup, 1))
-    elif schedule == "inverse_sqrt":
-        sched = warmup_schedule(opt, warmup)
-    elif schedule == "constant":  # linear warm-up (if warmup > 0), then constant
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) if warmup > 0 else 1.0)
-    else:
-        raise ValueError(f"schedule must be 'cosine', 'inverse_sqrt' or 'constant', got {schedule!r}")
-    model.train()
-
-    def step(i: int) -> dict[str, float]:
-        src, tgt = task.sample(batch_size, generator, split="train")
-        loss = _loss(model, src, tgt, label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = clip_norm if clip_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        current_lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        return {"loss": loss.detach(), "grad_norm": grad_norm, "lr": current_lr}
-
-    return train_loop(step, steps, desc=desc, progress=progress, callback=callback)
 
 
 def time_per_step(model: nn.Module, src: Tensor, tgt: Tensor, repeats: int = 5, warmup: int = 1) -> float:
@@ -287,7 +249,7 @@ def time_per_step(model: nn.Module, src: Tensor, tgt: Tensor, repeats: int = 5, 
     times = []
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
-        loss = _loss(model, src, tgt, 0.0)
+        loss = seq2seq_loss(model, src, tgt, 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,14 +1,28 @@
-"""Training helpers shared by every chapter: seeding, mini-batches, a loop with a progress bar.
+r"""Training helpers shared by every chapter: seeding, mini-batches, a loop with a progress bar,
+the learning-rate schedule, and the weight cache of the notebooks.
 
-Models never train themselves: a chapter writes a ``step(batch) -> dict of floats``
-function (one optimisation step) and hands it to :func:`train_loop`, which runs it,
-shows a ``tqdm`` progress bar with running averages, and returns the history.
+Models never train themselves: a recipe (:mod:`companion.recipes`) or a chapter writes a
+``step(i) -> dict of floats`` function (one optimisation step) and hands it to
+:func:`train_loop`, which runs it, shows a ``tqdm`` progress bar with running averages, and
+returns the history.
+
+The learning-rate schedule of every recipe is a linear warm-up times a cosine decay
+(:func:`warmup_cosine_lr`): at step :math:`i` with a fraction :math:`p \in [0, 1]` of the run
+done,
+
+.. math::
+
+    \eta_i = \min\Big(1, \frac{i + 1}{w}\Big) \cdot
+             \Big(\eta_{\min} + \tfrac12 (\eta_{\max} - \eta_{\min})(1 + \cos \pi p)\Big),
+
+where :math:`w` is the number of warm-up steps (no warm-up for :math:`w = 0`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -21,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["seed_everything", "minibatches", "History", "train_loop", "cache_dir", "train_or_load"]
+__all__ = ["seed_everything", "minibatches", "History", "train_loop", "cosine_decay", "linear_warmup",
+           "warmup_cosine_lr", "warmup_schedule", "cache_dir", "train_or_load"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -114,6 +129,62 @@ def train_loop(step: Callable[[int], Mapping[str, float | Tensor]], n_steps: int
             bar.set_postfix({k: f"{history.last(k, every):.4g}" for k in out})
     history.seconds += time.perf_counter() - start
     return history
+
+
+def cosine_decay(progress: float, start: float, end: float = 0.0) -> float:
+    r"""Half a cosine from ``start`` (progress 0) to ``end`` (progress 1): :math:`e + \tfrac12 (s - e)(1 + \cos \pi p)`.
+
+    ``progress`` is clipped to [0, 1], so a run that overshoots its planned length stays at ``end``.
+    """
+    progress = min(max(float(progress), 0.0), 1.0)
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+
+def linear_warmup(step: int, warmup_steps: int) -> float:
+    r"""The warm-up factor :math:`\min(1, (i + 1) / w)` of step ``i`` (0-based); 1 when ``warmup_steps <= 0``."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def warmup_cosine_lr(step: int, progress: float, *, peak: float, final: float = 0.0, warmup_steps: int = 0) -> float:
+    """The learning rate of every recipe: :func:`linear_warmup` times :func:`cosine_decay` from ``peak`` to ``final``.
+
+    Args:
+        step: 0-based index of the optimisation step.
+        progress: fraction of the run done, in [0, 1] (steps done / steps planned, or time used /
+            time budget for a run that ends on the clock).
+        peak: the learning rate after warm-up at progress 0.
+        final: the learning rate at progress 1 (``peak`` with ``final = peak`` is a constant rate).
+        warmup_steps: steps of the linear warm-up (0: none).
+    """
+    if peak <= 0 or final < 0:
+        raise ValueError(f"need peak > 0 and final >= 0, got peak={peak}, final={final}")
+    return linear_warmup(step, warmup_steps) * cosine_decay(progress, peak, final)
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                    total_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 to the optimizer's lr over ``warmup_steps`` steps, then decay.
+
+    With ``total_steps``: cosine decay to 0 at ``total_steps``. Without: the paper's
+    inverse-square-root decay, i.e. :func:`companion.transformer.noam_lr` rescaled so that
+    its peak is the optimizer's lr.
+    Call ``scheduler.step()`` after each ``optimizer.step()``.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if total_steps is not None and total_steps < max(warmup_steps, 1):
+        raise ValueError(f"total_steps = {total_steps} must be >= warmup_steps = {warmup_steps}")
+    w = max(warmup_steps, 1)
+
+    def factor(i: int) -> float:  # i = number of scheduler steps taken so far
+        s = i + 1
+        if s <= warmup_steps:
+            return s / w
+        if total_steps is None:
+            return (w / s) ** 0.5
+        return cosine_decay((s - warmup_steps) / max(1, total_steps - warmup_steps), 1.0, 0.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 CACHE_ENV = "COMPANION_CACHE"

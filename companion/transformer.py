@@ -25,7 +25,7 @@ Training helpers of the chapter:
   the definition of ``torch.nn.functional.cross_entropy(..., label_smoothing=eps)``;
 * the warm-up schedule :math:`\text{lrate} = d_{model}^{-0.5} \min(\text{step}^{-0.5},\,
   \text{step} \cdot \text{warmup}^{-1.5})` of the paper (:func:`noam_lr`), and a linear
-  warm-up with cosine decay (:func:`warmup_schedule`).
+  warm-up with cosine decay (:func:`companion.train.warmup_schedule`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ __all__ = [
     "Transformer",
     "label_smoothing_cross_entropy",
     "noam_lr",
-    "warmup_schedule",
     "grad_norms_by_layer",
     "check_label_smoothing",
 ]
@@ -319,32 +318,6 @@ def noam_lr(step: int, d_model: int, warmup_steps: int, factor: float = 1.0) -> 
     if step < 1 or warmup_steps < 1:
         raise ValueError(f"step and warmup_steps must be >= 1, got {step} and {warmup_steps}")
     return factor * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
-
-
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
-                    total_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0 to the optimizer's lr over ``warmup_steps`` steps, then decay.
-
-    With ``total_steps``: cosine decay to 0 at ``total_steps``. Without: the paper's
-    inverse-square-root decay, i.e. ``noam_lr`` rescaled so that its peak is the optimizer's lr.
-    Call ``scheduler.step()`` after each ``optimizer.step()``.
-    """
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if total_steps is not None and total_steps < max(warmup_steps, 1):
-        raise ValueError(f"total_steps = {total_steps} must be >= warmup_steps = {warmup_steps}")
-    w = max(warmup_steps, 1)
-
-    def factor(i: int) -> float:  # i = number of scheduler steps taken so far
-        s = i + 1
-        if s <= warmup_steps:
-            return s / w
-        if total_steps is None:
-            return (w / s) ** 0.5
-        progress = min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def grad_norms_by_layer(model: Transformer) -> dict[str, float]:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from companion.divergences import gaussian_kl
+from companion.metrics import check_images
 
 __all__ = [
     "reparameterize",
@@ -63,6 +64,7 @@ __all__ = [
     "VQVAE",
     "codebook_perplexity",
     "iwae_bound",
+    "iwae_nll",
     "LinearGaussianLVM",
     "reparameterization_gradients",
     "score_function_gradients",
@@ -356,7 +358,7 @@ class CVAE(VAE):
     def log_joint(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:  # type: ignore[override]
         raise NotImplementedError(
             "CVAE.log_joint: iwae_bound takes unconditional models; fix the labels first "
-            "(companion.metrics.iwae_nll does this for a CVAE)"
+            "(companion.vae.iwae_nll does this for a CVAE)"
         )
 
     @torch.no_grad()
@@ -631,6 +633,55 @@ def iwae_bound(model: nn.Module, x: Tensor, k: int, *, generator: torch.Generato
 
 
 # ------------------------------------------------------------- linear-Gaussian model
+
+
+class _Conditioned:
+    """A CVAE seen as the unconditional model p(x, z | y) of fixed labels, for :func:`iwae_bound`."""
+
+    def __init__(self, model: nn.Module, y: Tensor):
+        self.model, self.y = model, y
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        one_hot = F.one_hot(self.y, self.model.n_classes).to(z.dtype).expand(*z.shape[:-1], -1)
+        logits = self.model.decoder(torch.cat([z, one_hot], -1))
+        xf = x.flatten(1).expand_as(logits)
+        return -F.binary_cross_entropy_with_logits(logits, xf, reduction="none").sum(-1) + gaussian_log_prob(z)
+
+
+@torch.no_grad()
+def iwae_nll(model: nn.Module, x: Tensor, *, k: int = 100, labels: Tensor | None = None,
+             generator: torch.Generator | None = None, batch_size: int = 250) -> float:
+    r"""The IWAE bound on the negative log-likelihood, :math:`-\frac1N \sum_x \mathcal L_k(x)`, in nats per image.
+
+    An upper bound on :math:`-\log p_\theta(x)` that tightens as ``k`` grows (``k = 1`` is the
+    negative ELBO). For a CVAE pass ``labels``: the bound is then on :math:`-\log p_\theta(x \mid y)`.
+
+    Args:
+        model: a :class:`VAE` or (with ``labels``) :class:`CVAE`.
+        x: ``(N, 1, 28, 28)`` images in [0, 1].
+        k: importance samples per image.
+        labels: ``(N,)`` digit labels, for a CVAE.
+        generator: seeds the importance samples.
+    """
+    x = check_images(x)
+    conditional = hasattr(model, "n_classes") and hasattr(model, "decoder")
+    if conditional and labels is None:
+        raise ValueError(f"{type(model).__name__} is conditional: pass the labels of x")
+    if labels is not None and labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        if labels is None:
+            bound = iwae_bound(model, xb, k, generator=generator)
+        else:
+            yb = labels[start : start + batch_size]
+            bound = iwae_bound(_Conditioned(model, yb), xb, k, generator=generator, q=model.encode(xb, yb))
+        total += float(bound.sum())
+    model.train(was_training)
+    return -total / x.shape[0]
 
 
 def _gaussian_kl_full(m0: Tensor, S0: Tensor, m1: Tensor, S1: Tensor) -> Tensor:

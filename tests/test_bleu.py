@@ -1,4 +1,4 @@
-"""companion.metrics.bleu against sacrebleu, and the properties BLEU is built on."""
+"""companion.bleu.bleu against sacrebleu, and the properties BLEU is built on."""
 
 import math
 
@@ -7,7 +7,7 @@ import sacrebleu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.metrics import bleu, bleu_details, tokenize_13a
+from companion.bleu import bleu, bleu_details, tokenize_13a
 
 
 def sacre(hyps, refs, smooth="none", tokenize="13a", lowercase=False):
@@ -112,7 +112,7 @@ def test_bleu_rejects_mismatched_or_bad_input():
 
 
 def test_check_brevity_penalty(capsys):
-    from companion.metrics import check_brevity_penalty
+    from companion.bleu import check_brevity_penalty
 
     assert check_brevity_penalty(math.exp(1 - 33 / 30), hyp_len=30, ref_len=33)
     assert check_brevity_penalty(1.0, hyp_len=12, ref_len=10)

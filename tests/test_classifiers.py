@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from companion.classifiers import GaussianClassifier, accuracy, fit_logistic_regression, two_moons_and_blob
+from companion.classifiers import GaussianClassifier, accuracy, two_moons_and_blob
 from companion.divergences import check_kl_answer, fit_gaussian_to_density
+from companion.recipes.classifier import fit_logistic_regression
 
 
 def test_gaussian_classifier_recovers_the_generating_parameters():

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from companion import cli
-from companion import metrics as M
+from companion.classifiers import MNISTClassifier
+from companion.recipes import classifier as classifier_recipe
 
 from .conftest import SHARED_DATA
 
@@ -196,9 +197,9 @@ def ckpt_accuracy(out: Path) -> float:
 def test_train_sample_evaluate_an_image_model(model, extra, mnist_env, capsys, monkeypatch):
     pytest.importorskip(cli.MODELS[model].recipe)
     # an untrained classifier stands in for the cached one (training it is another test's job)
-    clf = M.MNISTClassifier().eval()
+    clf = MNISTClassifier().eval()
     clf.test_accuracy = 0.0
-    monkeypatch.setattr(M, "mnist_classifier", lambda *a, **k: clf)
+    monkeypatch.setattr(classifier_recipe, "mnist_classifier", lambda *a, **k: clf)
     out = mnist_env / model
     code, _, err = run(["train", model, *extra, "--out", out, "--no-progress", "--seed", "1"], capsys)
     assert code == 0, err

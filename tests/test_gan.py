@@ -232,7 +232,8 @@ def test_gradient_penalty_of_a_linear_critic_on_images():
     real, fake = torch.rand(4, 1, 28, 28, dtype=torch.float64), torch.rand(4, 1, 28, 28, dtype=torch.float64)
     torch.testing.assert_close(gan.gradient_penalty(critic, real, fake), (w.norm() - 1) ** 2, atol=1e-6, rtol=0)
     eps = torch.rand(4, 1, dtype=torch.float64)  # (B, 1) weights are per example, also for images
-    torch.testing.assert_close(gan.gradient_penalty(critic, real, fake, eps=eps), (w.norm() - 1) ** 2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gan.gradient_penalty(critic, real, fake, eps=eps), (w.norm() - 1) ** 2,
+                               atol=1e-6, rtol=0)
 
 
 def test_gradient_penalty_of_a_quadratic_critic_uses_the_interpolates():

@@ -12,6 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from companion import metrics as M
+from companion import runs
+from companion import vae as vae_module
+from companion.classifiers import MNISTClassifier
+from companion.recipes.classifier import mnist_classifier
+from companion.vae import iwae_nll
 
 from .conftest import SHARED_DATA
 
@@ -94,7 +99,7 @@ def test_gaussian_fit_is_the_sample_mean_and_unbiased_covariance():
 def test_feature_fid_of_a_set_against_itself_is_zero_and_grows_with_added_noise(mnist):
     x = mnist[0][:600]
     torch.manual_seed(0)
-    clf = M.MNISTClassifier()  # any fixed feature map shows the property; the metric uses a trained one
+    clf = MNISTClassifier()  # any fixed feature map shows the property; the metric uses a trained one
     assert M.feature_fid(x, x, clf) == pytest.approx(0.0, abs=1e-6)
     fids = []
     for sigma in (0.05, 0.1, 0.2, 0.4):
@@ -179,7 +184,7 @@ def test_label_accuracy_counts_requested_digits():
 
 
 def test_images_from_a_tanh_generator_are_rejected_with_a_hint():
-    clf = M.MNISTClassifier()
+    clf = MNISTClassifier()
     with pytest.raises(ValueError, match=r"\(x \+ 1\) / 2"):
         M.classifier_outputs(clf, torch.rand(4, 1, 28, 28) * 2 - 1)
     with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
@@ -190,7 +195,7 @@ def test_images_from_a_tanh_generator_are_rejected_with_a_hint():
 
 def test_classifier_outputs_are_features_and_probabilities_in_eval_mode():
     torch.manual_seed(0)
-    clf = M.MNISTClassifier(hidden=32, dropout=0.5).train()
+    clf = MNISTClassifier(hidden=32, dropout=0.5).train()
     x = torch.rand(7, 1, 28, 28)
     phi, p = M.classifier_outputs(clf, x, batch_size=3)
     assert phi.shape == (7, 32) and p.shape == (7, 10) and clf.training  # mode restored
@@ -213,10 +218,10 @@ def test_iwae_nll_tightens_with_k_and_k1_is_the_negative_elbo():
     torch.manual_seed(0)
     vae = VAE(hidden=(32,), z_dim=3)
     x = torch.rand(40, 1, 28, 28).round()
-    nll = {k: M.iwae_nll(vae, x, k=k, generator=torch.Generator().manual_seed(1)) for k in (1, 8, 64)}
+    nll = {k: iwae_nll(vae, x, k=k, generator=torch.Generator().manual_seed(1)) for k in (1, 8, 64)}
     assert nll[64] < nll[8] < nll[1]
     # k = 1 is -ELBO: its expectation equals recon + KL (averaged over many draws here)
-    reps = [M.iwae_nll(vae, x, k=1, generator=torch.Generator().manual_seed(s)) for s in range(30)]
+    reps = [iwae_nll(vae, x, k=1, generator=torch.Generator().manual_seed(s)) for s in range(30)]
     with torch.no_grad():
         losses = [float(vae.loss(x, generator=torch.Generator().manual_seed(100 + s)).loss) for s in range(30)]
     assert np.mean(reps) == pytest.approx(np.mean(losses), rel=0.01)
@@ -230,14 +235,14 @@ def test_cvae_log_joint_used_by_iwae_matches_the_cvae_decoder():
     cvae = CVAE(hidden=(32,), z_dim=3).eval()
     x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 3, 9, 3, 1])
     z = torch.randn(2, 5, 3)
-    got = M._Conditioned(cvae, y).log_joint(x, z)
+    got = vae_module._Conditioned(cvae, y).log_joint(x, z)
     for i in range(2):
         logits = cvae.decode(z[i], y).flatten(1)
         want = -F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(-1)
         torch.testing.assert_close(got[i], want + gaussian_log_prob(z[i]))
     with pytest.raises(ValueError, match="labels"):
-        M.iwae_nll(cvae, x, k=2)
-    assert math.isfinite(M.iwae_nll(cvae, x, k=4, labels=y))
+        iwae_nll(cvae, x, k=2)
+    assert math.isfinite(iwae_nll(cvae, x, k=4, labels=y))
 
 
 # ------------------------------------------------------------------ trained classifier
@@ -248,7 +253,7 @@ def test_a_briefly_trained_classifier_is_accurate_and_real_images_score_near_the
     from companion.recipes import classifier as recipe
 
     cfg = recipe.Config(epochs=3, train_size=4000, seed=0)
-    clf = M.mnist_classifier(cfg, progress=False, verbose=False)
+    clf = mnist_classifier(cfg, progress=False, verbose=False)
     assert clf.test_accuracy > 0.9, clf.test_accuracy
     x, y = mnist
     x, y = x[-1000:], y[-1000:]  # held out on the fallback split and on full MNIST
@@ -261,32 +266,33 @@ def test_a_briefly_trained_classifier_is_accurate_and_real_images_score_near_the
     noisy = M.image_metrics(torch.rand(1000, 1, 28, 28), clf, x)
     assert noisy["fid"] > 10 * M.feature_fid(x[:500], x[500:], clf)
     # the cache: a second call loads the same weights instead of training
-    again = M.mnist_classifier(cfg, progress=False, verbose=False)
+    again = mnist_classifier(cfg, progress=False, verbose=False)
     for a, b in zip(clf.state_dict().values(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_reference_images_are_a_seeded_random_subset_without_repeats(mnist):
     x_all, y_all = mnist
-    x, y = M.reference_images("test", 300, seed=4)
-    x2, _ = M.reference_images("test", 300, seed=4)
+    x, y = runs.reference_images("test", 300, seed=4)
+    x2, _ = runs.reference_images("test", 300, seed=4)
     assert x.shape == (300, 1, 28, 28) and torch.equal(x, x2)
     assert not torch.equal(x, x_all[:300])  # not simply the first images of the (ordered) test set
     flat = {tuple(row.tolist()) for row in (x.flatten(1) * 255).round().to(torch.uint8)}
     assert len(flat) == 300  # without replacement (MNIST test images are all distinct)
-    whole, labels = M.reference_images("test")
+    whole, labels = runs.reference_images("test")
     assert whole.shape == x_all.shape and torch.equal(torch.bincount(labels), torch.bincount(y_all))
     with pytest.raises(ValueError, match="n must be in"):
-        M.reference_images("test", 10**6)
+        runs.reference_images("test", 10**6)
 
 
 def test_real_baseline_scores_training_images_against_the_reference_test_images(mnist):
     torch.manual_seed(0)
-    clf = M.MNISTClassifier()
-    base = M.real_baseline(clf, 200, seed=3)
-    x_ref, y_ref = M.reference_images("test", 200, seed=3)
-    x_train, _ = M.reference_images("train", 200, seed=3)
-    assert base["fid"] == pytest.approx(M.feature_fid(x_train, x_ref, clf), rel=1e-9)
+    clf = MNISTClassifier()
+    base = runs.real_baseline(clf, 200, seed=3)
+    x_ref, y_ref = runs.reference_images("test", 200, seed=3)
+    x_train, _ = runs.reference_images("train", 200, seed=3)
+    # the FID is symmetric up to the round-off of the eigendecompositions (about 1e-9 relative)
+    assert base["fid"] == pytest.approx(M.feature_fid(x_train, x_ref, clf), rel=1e-6)
     probs = M.classifier_outputs(clf, x_ref)[1]
     assert base["inception_score"] == pytest.approx(M.inception_score(probs), rel=1e-9)
     assert base["label_accuracy"] == pytest.approx(M.label_accuracy(probs, y_ref))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -28,7 +28,8 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     from_conda = {_norm(r) for r in pip_section if not r.startswith("-e")}
     assert from_conda == from_pyproject, (
-        f"only in pyproject: {sorted(from_pyproject - from_conda)}; only in environment.yml: {sorted(from_conda - from_pyproject)}"
+        f"only in pyproject: {sorted(from_pyproject - from_conda)}; "
+        f"only in environment.yml: {sorted(from_conda - from_pyproject)}"
     )
 
 

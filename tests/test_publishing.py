@@ -180,7 +180,8 @@ def internal_link_problems(site: Path) -> list[str]:
     from html import unescape
     from urllib.parse import unquote
 
-    pages = [p for p in site.rglob("*.html") if p.relative_to(site).parts[0] not in {"_static", "_sources", "mathjax", "widgets"}]
+    skip = {"_static", "_sources", "mathjax", "widgets"}
+    pages = [p for p in site.rglob("*.html") if p.relative_to(site).parts[0] not in skip]
     ids: dict[Path, set[str]] = {}
 
     def anchors(path: Path) -> set[str]:
@@ -202,7 +203,8 @@ def internal_link_problems(site: Path) -> list[str]:
                 target = target / "index.html"
             if not target.exists():
                 problems.append(f"{page.relative_to(site)}: <{tag}> {link} -> missing file")
-            elif fragment and tag.lower() == "a" and target.suffix == ".html" and unquote(fragment) not in anchors(target):
+            elif (fragment and tag.lower() == "a" and target.suffix == ".html"
+                  and unquote(fragment) not in anchors(target)):
                 problems.append(f"{page.relative_to(site)}: <a> {link} -> no anchor #{fragment}")
     return problems
 
@@ -217,7 +219,8 @@ def test_internal_links_of_the_built_site_resolve():
 
 
 def test_the_link_check_finds_a_missing_page_and_a_missing_anchor(tmp_path):
-    (tmp_path / "a.html").write_text('<p id="here">x</p><a href="b.html">b</a><a href="#gone">g</a><a href="a.html#here">ok</a>')
+    (tmp_path / "a.html").write_text(
+        '<p id="here">x</p><a href="b.html">b</a><a href="#gone">g</a><a href="a.html#here">ok</a>')
     (tmp_path / "c.html").write_text('<img src="img/none.png"><a href="https://example.org/x">ext</a>')
     problems = internal_link_problems(tmp_path)
     assert len(problems) == 3, problems

@@ -68,7 +68,8 @@ def site():
     chapters = set(bc.chapter_pages(pages))
     with bc.SiteChecker(SITE) as checker:
         reports = {
-            path: checker.check_page(path, screenshot=SCREENSHOTS / bc.screenshot_name(path) if path in chapters else None)
+            path: checker.check_page(
+                path, screenshot=SCREENSHOTS / bc.screenshot_name(path) if path in chapters else None)
             for path in pages
         }
         yield {"checker": checker, "reports": reports, "pages": pages, "chapters": sorted(chapters)}
@@ -161,7 +162,8 @@ def test_saved_widgets_render(site):
     pages = {p: r for p, r in _content(site).items() if r.widget_views}
     if not pages:
         pytest.skip("no page of this site has a saved ipywidget")
-    failures = {p: [f"{r.widget_views} saved widget view(s), none rendered"] for p, r in pages.items() if not r.widgets_rendered}
+    failures = {p: [f"{r.widget_views} saved widget view(s), none rendered"]
+                for p, r in pages.items() if not r.widgets_rendered}
     assert not failures, "widgets not rendered (widget manager JavaScript missing?):\n" + _format(failures)
 
 

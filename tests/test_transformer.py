@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from companion.recipes import transformer as recipe
 from companion.seq2seq import BOS, EOS, PAD, VOCAB_SIZE
+from companion.train import warmup_schedule
 from companion.transformer import (
     DecoderLayer,
     EncoderLayer,
@@ -20,7 +21,6 @@ from companion.transformer import (
     grad_norms_by_layer,
     label_smoothing_cross_entropy,
     noam_lr,
-    warmup_schedule,
 )
 
 

@@ -1,8 +1,8 @@
 """Training recipe for the MNIST classifier behind the image metrics (chapter "Capstone: MNIST end to end").
 
-The classifier (:class:`companion.metrics.MNISTClassifier`) is *discriminative*: it models
+The classifier (:class:`companion.classifiers.MNISTClassifier`) is *discriminative*: it models
 p(y | x) only, so it has nothing to sample. It is trained here, cached by
-:func:`companion.metrics.mnist_classifier`, and used to score generated digits (feature FID,
+:func:`mnist_classifier`, and used to score generated digits (feature FID,
 classifier inception score, class coverage).
 
 Training: Adam with a one-cycle learning rate (warm up to ``lr`` over the first 30% of the
@@ -19,18 +19,20 @@ epoch takes ``ceil(ceil(N / W) / batch_size)`` steps per rank.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from companion import distributed
+from companion.classifiers import LogisticRegression, MNISTClassifier, check_xy
 from companion.data import load_mnist, mnist_is_fallback
-from companion.metrics import MNISTClassifier
-from companion.train import History, train_loop
+from companion.train import History, cosine_decay, train_loop, train_or_load
 
-__all__ = ["Config", "build_model", "train", "evaluate", "sample", "DISTRIBUTED"]
+__all__ = ["Config", "build_model", "train", "evaluate", "sample", "mnist_classifier", "fit_logistic_regression",
+           "DISTRIBUTED"]
 
 DISTRIBUTED = True  # train() uses companion.distributed: safe to launch with torchrun
 
@@ -40,7 +42,7 @@ class Config:
     """Settings of a classifier run (JSON-serialisable).
 
     Attributes:
-        channels, hidden, dropout: the CNN (see :class:`~companion.metrics.MNISTClassifier`).
+        channels, hidden, dropout: the CNN (see :class:`~companion.classifiers.MNISTClassifier`).
         epochs, batch_size: passes over the training split and examples per step (per rank).
         lr: peak learning rate of the one-cycle schedule.
         shift: maximal random translation in pixels (0 = no augmentation).
@@ -83,13 +85,10 @@ def build_model(cfg: Config) -> MNISTClassifier:
 
 def _one_cycle(step: int, n_steps: int, peak: float, warmup: float = 0.3) -> float:
     """Learning rate at ``step``: linear from peak/25 up to ``peak``, then cosine down to peak/1e4."""
-    import math
-
     up = max(1, round(warmup * n_steps))
     if step < up:
         return peak / 25 + (peak - peak / 25) * step / up
-    t = (step - up) / max(1, n_steps - up)
-    return peak / 1e4 + (peak - peak / 1e4) * 0.5 * (1 + math.cos(math.pi * t))
+    return cosine_decay((step - up) / max(1, n_steps - up), peak, peak / 1e4)
 
 
 def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None) -> History:
@@ -167,3 +166,60 @@ def sample(cfg: Config, model: nn.Module, n: int, generator: torch.Generator | N
         "the classifier is a discriminative model: it learns p(y | x), not p(x), so there is nothing to sample; "
         "use `evaluate` to measure its accuracy"
     )
+
+
+def mnist_classifier(cfg=None, *, progress: bool = True, retrain: bool = False,
+                     verbose: bool = True) -> MNISTClassifier:
+    """The metrics' classifier: trained once by this recipe, then loaded from the cache.
+
+    The cache key (:func:`companion.train.train_or_load`) holds the config and whether the
+    data is full MNIST or the offline fallback, so the two never share weights. With
+    ``verbose``, prints the test accuracy (and which data it was measured on); it is also
+    stored as ``model.test_accuracy``.
+
+    Args:
+        cfg: a :class:`Config` (default: the default config).
+        progress: show the training progress bar.
+        retrain: ignore the cache.
+        verbose: print the test accuracy.
+
+    Returns:
+        The classifier in ``eval()`` mode.
+    """
+    cfg = Config() if cfg is None else cfg
+    model = build_model(cfg)
+    key = {**asdict(cfg), "data": "mnist-fallback" if mnist_is_fallback() else "mnist"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fallback warning; the printout says it
+        train_or_load("mnist-classifier", model, lambda m: train(cfg, m, progress=progress), key,
+                      retrain=retrain)
+        model.eval()
+        result = evaluate(cfg, model)
+    model.test_accuracy = result["accuracy"]
+    if verbose:
+        data = ("offline fallback: trained on the first 8,000 official test images" if result["fallback"]
+                else "full MNIST: trained on the 60,000 training images")
+        print(f"MNIST classifier: test accuracy {result['accuracy']:.2%} on {int(result['n_test']):,} "
+              f"held-out images ({data}).")
+    return model
+
+
+# ------------------------------------------------ chapter 1: the discriminative baseline
+
+
+def fit_logistic_regression(x: Tensor, y: Tensor, n_classes: int, steps: int = 500, lr: float = 0.1,
+                            progress: bool = False) -> LogisticRegression:
+    """Maximum (conditional) likelihood: minimise the cross-entropy of p(y | x) with full-batch Adam."""
+    check_xy(x, y)
+    model = LogisticRegression(x.shape[1], n_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step(i):
+        loss = nn.functional.cross_entropy(model(x), y.long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"nll": loss}
+
+    model.history = train_loop(step, steps, desc="logistic regression", progress=progress)
+    return model

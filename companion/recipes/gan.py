@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from companion import distributed
 from companion import gan as G

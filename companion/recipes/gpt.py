@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ import torch
 from companion.data import CharTokenizer, load_shakespeare, train_val_split
 from companion.gpt import GPT, GPTConfig
 from companion.lm import bits_per_char, evaluate_nll, get_batch, perplexity
-from companion.train import History, train_loop
+from companion.train import History, train_loop, warmup_cosine_lr
 
 __all__ = ["Config", "chapter_config", "benchmark_config", "TrainState", "load_data", "build_model", "init_state",
            "lr_at", "train", "evaluate", "sample"]
@@ -117,10 +116,7 @@ def lr_at(cfg: Config, step: int, progress: float) -> float:
 
     ``progress`` in [0, 1] is the fraction of the run done (steps or time).
     """
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
-    progress = min(max(progress, 0.0), 1.0)
-    cosine = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-    return warm * cosine
+    return warmup_cosine_lr(step, progress, peak=cfg.lr, final=cfg.min_lr, warmup_steps=cfg.warmup_steps)
 
 
 @dataclass

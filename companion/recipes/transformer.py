@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from companion.recipes.seq2seq import train_seq2seq
 from companion.seq2seq import (
     BOS,
     EOS,
@@ -23,7 +24,6 @@ from companion.seq2seq import (
     LSTMSeq2Seq,
     evaluate_seq2seq,
     tokens_to_str,
-    train_seq2seq,
 )
 from companion.train import History
 from companion.transformer import Transformer

@@ -11,7 +11,6 @@ reference architecture of pytorch/examples (784-400-20, ReLU, Adam 1e-3, batch 1
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 
 from companion import distributed
 from companion.data import load_mnist, mnist_is_fallback
-from companion.train import History, minibatches, train_loop
+from companion.train import History, minibatches, train_loop, warmup_cosine_lr
 from companion.vae import CVAE, VAE, VQVAE
 
 __all__ = ["Config", "build_model", "train", "evaluate", "sample", "FAMILIES", "DISTRIBUTED"]
@@ -122,7 +121,7 @@ def _train_data(cfg: Config) -> tuple[Tensor, Tensor]:
 def _lr_at(cfg: Config, frac: float) -> float:
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return warmup_cosine_lr(0, frac, peak=cfg.lr, final=cfg.lr_min)
 
 
 def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None) -> History:
