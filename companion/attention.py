@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion.checks import verdict
+
 __all__ = [
     "scaled_dot_product_attention",
     "fused_attention",
@@ -282,22 +284,17 @@ def check_causal_mask(fn: Callable[[int], Tensor], sizes: tuple[int, ...] = (1, 
     for T in sizes:
         got = fn(T)
         if not isinstance(got, Tensor):
-            print(f"✗ fn({T}) returned {type(got).__name__}, expected a torch.Tensor")
-            return False
+            return verdict(False, f"fn({T}) returned {type(got).__name__}, expected a torch.Tensor")
         if got.dtype != torch.bool:
-            print(f"✗ fn({T}) has dtype {got.dtype}; a mask must be torch.bool (True = may attend)")
-            return False
+            return verdict(False, f"fn({T}) has dtype {got.dtype}; a mask must be torch.bool (True = may attend)")
         if got.shape != (T, T):
-            print(f"✗ fn({T}) has shape {tuple(got.shape)}, expected ({T}, {T})")
-            return False
+            return verdict(False, f"fn({T}) has shape {tuple(got.shape)}, expected ({T}, {T})")
         ref = causal_mask(T)
         if not torch.equal(got, ref):
             i, j = (got != ref).nonzero()[0].tolist()
             verb = "may" if bool(got[i, j]) else "may not"
-            print(f"✗ fn({T}): query {i} {verb} attend to key {j}; it should be the other way round")
-            return False
-    print(f"✓ causal mask correct for T in {sizes}")
-    return True
+            return verdict(False, f"fn({T}): query {i} {verb} attend to key {j}; it should be the other way round")
+    return verdict(True, f"causal mask correct for T in {sizes}")
 
 
 def check_attention(fn: Callable[..., Tensor], seed: int = 0) -> bool:
@@ -314,17 +311,14 @@ def check_attention(fn: Callable[..., Tensor], seed: int = 0) -> bool:
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if not isinstance(got, Tensor) or got.shape != ref.shape:
             shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
-            print(f"✗ output has shape {shape}, expected {tuple(ref.shape)}")
-            return False
+            return verdict(False, f"output has shape {shape}, expected {tuple(ref.shape)}")
         if not torch.allclose(got, ref, atol=1e-8, rtol=1e-6):
             what = "without a mask" if mask is None else "with a causal mask"
             err = (got - ref).abs().max().item()
             hint = (" (did you divide by sqrt(d_k)?)" if mask is None
                     else " (masked scores must become -inf before softmax)")
-            print(f"✗ wrong output {what}: max |error| = {err:.3g}{hint}")
-            return False
-    print("✓ your attention matches torch's scaled_dot_product_attention, with and without a mask")
-    return True
+            return verdict(False, f"wrong output {what}: max |error| = {err:.3g}{hint}")
+    return verdict(True, "your attention matches torch's scaled_dot_product_attention, with and without a mask")
 
 
 def check_mha_parameter_count(answer: int, d_model: int, n_heads: int, bias: bool = True) -> bool:
@@ -334,8 +328,6 @@ def check_mha_parameter_count(answer: int, d_model: int, n_heads: int, bias: boo
     mha = MultiHeadAttention(d_model, n_heads)
     true = sum(p.numel() for name, p in mha.named_parameters() if bias or not name.endswith("bias"))
     if int(answer) == true:
-        print(f"✓ {true:,} parameters for d_model = {d_model}, h = {n_heads}")
-        return True
-    print(f"✗ {int(answer):,} is not right for d_model = {d_model}, h = {n_heads}. "
-          "Count the four d_model x d_model projections and their biases; does h change them?")
-    return False
+        return verdict(True, f"{true:,} parameters for d_model = {d_model}, h = {n_heads}")
+    return verdict(False, f"{int(answer):,} is not right for d_model = {d_model}, h = {n_heads}. "
+                          "Count the four d_model x d_model projections and their biases; does h change them?")

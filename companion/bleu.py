@@ -24,6 +24,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from companion.checks import verdict
+
 __all__ = ["bleu", "bleu_details", "tokenize_13a", "check_brevity_penalty"]
 
 _RE_13A = [
@@ -157,6 +159,4 @@ def check_brevity_penalty(answer: float, hyp_len: int, ref_len: int) -> bool:
     expected = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
     ok = math.isclose(answer, expected, rel_tol=1e-6)
     rule = "c >= r, no penalty" if hyp_len >= ref_len else f"exp(1 - {ref_len}/{hyp_len})"
-    verdict = "Correct" if ok else "Not quite"
-    print(f"{verdict}: BP = {rule} = {expected:.6f}" + ("" if ok else f"; you gave {answer:.6f}"))
-    return ok
+    return verdict(ok, f"BP = {rule} = {expected:.6f}" + ("" if ok else f"; you gave {answer:.6f}"))

@@ -58,7 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion.checks import verdict
 from companion.divergences import check_probability_vectors
+from companion.layers import mlp
 
 __all__ = [
     "optimal_discriminator",
@@ -380,22 +382,13 @@ class _ProjectionHead(nn.Module):
         return out
 
 
-def _mlp(sizes: list[int], slope: float = 0.2) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.LeakyReLU(slope))
-    return nn.Sequential(*layers)
-
-
 class ToyGenerator(_ConditionalGenerator):
     """MLP generator for low-dimensional data: z (B, latent_dim) [, y (B,)] -> x (B, out_dim)."""
 
     def __init__(self, latent_dim: int = 2, hidden: int = 128, depth: int = 3, out_dim: int = 2, n_classes: int = 0):
         super().__init__()
         self.latent_dim, self.n_classes, self.out_dim = latent_dim, n_classes, out_dim
-        self.net = _mlp([latent_dim + n_classes] + [hidden] * depth + [out_dim])
+        self.net = mlp([latent_dim + n_classes] + [hidden] * depth + [out_dim], "leaky_relu")
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """z: (B, latent_dim), y: (B,) labels if conditional -> x: (B, out_dim)."""
@@ -408,7 +401,7 @@ class ToyDiscriminator(nn.Module):
     def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3, n_classes: int = 0):
         super().__init__()
         self.in_dim, self.n_classes = in_dim, n_classes
-        self.features = nn.Sequential(_mlp([in_dim] + [hidden] * depth), nn.LeakyReLU(0.2))
+        self.features = nn.Sequential(mlp([in_dim] + [hidden] * depth, "leaky_relu"), nn.LeakyReLU(0.2))
         self.head = _ProjectionHead(hidden, n_classes)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -429,7 +422,7 @@ class MLPGenerator(_ConditionalGenerator):
     def __init__(self, latent_dim: int = 64, hidden: int = 256, n_classes: int = 0):
         super().__init__()
         self.latent_dim, self.n_classes = latent_dim, n_classes
-        self.net = nn.Sequential(_mlp([latent_dim + n_classes, hidden, 2 * hidden, 784]), nn.Tanh())
+        self.net = nn.Sequential(mlp([latent_dim + n_classes, hidden, 2 * hidden, 784], "leaky_relu"), nn.Tanh())
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """z: (B, latent_dim), y: (B,) labels if conditional -> x: (B, out_dim)."""
@@ -442,7 +435,7 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, hidden: int = 256, n_classes: int = 0):
         super().__init__()
         self.n_classes = n_classes
-        self.features = nn.Sequential(nn.Flatten(), _mlp([784, 2 * hidden, hidden]), nn.LeakyReLU(0.2))
+        self.features = nn.Sequential(nn.Flatten(), mlp([784, 2 * hidden, hidden], "leaky_relu"), nn.LeakyReLU(0.2))
         self.head = _ProjectionHead(hidden, n_classes)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -561,11 +554,6 @@ class GAN(nn.Module):
 # ----------------------------------------------------------------------------- exercise checkers
 
 
-def _verdict(ok: bool, message: str) -> bool:
-    print(("✓ " if ok else "✗ ") + message)
-    return ok
-
-
 def _random_distributions(n: int, k: int, seed: int) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     p = torch.rand(n, k, generator=gen, dtype=torch.float64) + 1e-3
@@ -586,11 +574,11 @@ def check_optimal_discriminator(candidate: Callable[[Tensor, Tensor], Tensor], *
     try:
         d = torch.as_tensor(candidate(p_data, p_g), dtype=torch.float64)
     except Exception as exc:  # show the reader what went wrong instead of a traceback
-        return _verdict(False, f"candidate raised {type(exc).__name__}: {exc}")
+        return verdict(False, f"candidate raised {type(exc).__name__}: {exc}")
     if d.shape != p_data.shape:
-        return _verdict(False, f"candidate returned shape {tuple(d.shape)}, expected {tuple(p_data.shape)}")
+        return verdict(False, f"candidate returned shape {tuple(d.shape)}, expected {tuple(p_data.shape)}")
     if not ((d > 0) & (d < 1)).all():
-        return _verdict(False, "candidate returned values outside (0, 1)")
+        return verdict(False, "candidate returned values outside (0, 1)")
     a, b = real_target * p_data, (1 - real_target) * p_data + p_g
 
     def objective(y: Tensor) -> Tensor:
@@ -600,7 +588,7 @@ def check_optimal_discriminator(candidate: Callable[[Tensor, Tensor], Tensor], *
     base = objective(d)
     worse = all((objective((d + s).clamp(1e-9, 1 - 1e-9)) <= base + 1e-12).all() for s in (-1e-3, 1e-3, -0.05, 0.05))
     ok = stationarity < 1e-6 and worse
-    return _verdict(ok, "your d maximises the objective at every point" if ok else
+    return verdict(ok, "your d maximises the objective at every point" if ok else
                     f"not the maximiser: the derivative of the objective at your d reaches {stationarity:.3g} (should be 0)")
 
 
@@ -620,16 +608,16 @@ def check_stable_generator_loss(fn: Callable[[Tensor], Tensor], kind: str = "min
             value = fn(x)
             value.backward()
         except Exception as exc:
-            return _verdict(False, f"fn raised {type(exc).__name__}: {exc}")
+            return verdict(False, f"fn raised {type(exc).__name__}: {exc}")
         ref = generator_loss(ref_x, kind=kind)
         ref.backward()
         if not torch.isfinite(value) or not torch.isfinite(x.grad).all():
-            return _verdict(False, f"not finite at logits {x.detach().tolist()}: value {value.item()}, gradients {x.grad.tolist()}")
+            return verdict(False, f"not finite at logits {x.detach().tolist()}: value {value.item()}, gradients {x.grad.tolist()}")
         if not torch.allclose(value.double(), ref, atol=1e-6, rtol=1e-6):
-            return _verdict(False, f"wrong value: expected {ref.item():.6f} for the {kind} loss, got {value.item():.6f}")
+            return verdict(False, f"wrong value: expected {ref.item():.6f} for the {kind} loss, got {value.item():.6f}")
         if not torch.allclose(x.grad, ref_x.grad, atol=1e-6, rtol=1e-6):
-            return _verdict(False, "right values but wrong gradients")
-    return _verdict(True, f"the {kind} generator loss is right, and finite with finite gradients at logits of +-100")
+            return verdict(False, "right values but wrong gradients")
+    return verdict(True, f"the {kind} generator loss is right, and finite with finite gradients at logits of +-100")
 
 
 def check_gradient_penalty(fn: Callable[..., Tensor]) -> bool:
@@ -650,14 +638,14 @@ def check_gradient_penalty(fn: Callable[..., Tensor]) -> bool:
     try:
         value = fn(critic, real, fake, eps)
     except Exception as exc:
-        return _verdict(False, f"fn raised {type(exc).__name__}: {exc}")
+        return verdict(False, f"fn raised {type(exc).__name__}: {exc}")
     if not isinstance(value, Tensor) or value.numel() != 1:
-        return _verdict(False, "fn must return a scalar tensor")
+        return verdict(False, "fn must return a scalar tensor")
     if not torch.allclose(value.double(), ref, atol=1e-8, rtol=1e-6):
-        return _verdict(False, f"expected {ref.item():.6f}, got {value.item():.6f}")
+        return verdict(False, f"expected {ref.item():.6f}, got {value.item():.6f}")
     if not value.requires_grad:
-        return _verdict(False, "right value, but it carries no gradient to the critic (use create_graph=True)")
-    return _verdict(True, f"penalty {value.item():.6f} matches, and it is differentiable w.r.t. the critic")
+        return verdict(False, "right value, but it carries no gradient to the critic (use create_graph=True)")
+    return verdict(True, f"penalty {value.item():.6f} matches, and it is differentiable w.r.t. the critic")
 
 
 def check_hinge_losses(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> bool:
@@ -668,11 +656,11 @@ def check_hinge_losses(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) ->
     try:
         d_loss, g_loss = fn(real, fake)
     except Exception as exc:
-        return _verdict(False, f"fn raised {type(exc).__name__}: {exc}")
+        return verdict(False, f"fn raised {type(exc).__name__}: {exc}")
     ref_d, ref_g = hinge_losses(real, fake)
     if not torch.allclose(torch.as_tensor(d_loss, dtype=torch.float64), ref_d, atol=1e-8):
-        return _verdict(False, f"discriminator loss: expected {ref_d.item():.6f}, got {float(d_loss):.6f}")
+        return verdict(False, f"discriminator loss: expected {ref_d.item():.6f}, got {float(d_loss):.6f}")
     if not torch.allclose(torch.as_tensor(g_loss, dtype=torch.float64), ref_g, atol=1e-8):
-        return _verdict(False, f"generator loss: expected {ref_g.item():.6f}, got {float(g_loss):.6f}")
-    return _verdict(True, "both hinge losses match")
+        return verdict(False, f"generator loss: expected {ref_g.item():.6f}, got {float(g_loss):.6f}")
+    return verdict(True, "both hinge losses match")
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from companion.attention import causal_mask, scaled_dot_product_attention
+from companion.checks import verdict
 
 __all__ = [
     "GPTConfig",
@@ -446,9 +447,8 @@ def check_kv_cache_floats(answer: int, n_layer: int, n_ctx: int, n_embd: int, ba
     """Exercise checker: is ``answer`` the number of floats in a full KV cache? Prints a verdict."""
     expected = kv_cache_floats(n_layer, n_ctx, n_embd, batch)
     ok = answer == expected
-    print(f"{'Correct' if ok else 'Not quite'}: 2 (K and V) x {n_layer} layers x {n_ctx} positions x "
-          f"{n_embd} numbers x {batch} sequences = {expected:,}" + ("" if ok else f"; you gave {answer:,}"))
-    return ok
+    return verdict(ok, f"2 (K and V) x {n_layer} layers x {n_ctx} positions x {n_embd} numbers x {batch} "
+                       f"sequences = {expected:,}" + ("" if ok else f"; you gave {answer:,}"))
 
 
 def check_top_p_filter(fn, trials: int = 200, seed: int = 0) -> bool:
@@ -463,8 +463,6 @@ def check_top_p_filter(fn, trials: int = 200, seed: int = 0) -> bool:
         p = float(torch.rand(1, generator=g).clamp(0.05, 0.99))
         got, want = torch.isfinite(fn(logits.clone(), p)), torch.isfinite(top_p_filter(logits, p))
         if not torch.equal(got, want):
-            print(f"Not quite (trial {i}, p = {p:.3f}): you kept {got.sum(-1).tolist()} tokens per row, "
-                  f"the nucleus has {want.sum(-1).tolist()}. Logits:\n{logits}")
-            return False
-    print(f"Correct: your filter kept exactly the nucleus in all {trials} trials.")
-    return True
+            return verdict(False, f"trial {i}, p = {p:.3f}: you kept {got.sum(-1).tolist()} tokens per row, "
+                                  f"the nucleus has {want.sum(-1).tolist()}. Logits:\n{logits}")
+    return verdict(True, f"your filter kept exactly the nucleus in all {trials} trials.")

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion.checks import verdict
+
 __all__ = [
     "perplexity",
     "bits_per_char",
@@ -210,15 +212,14 @@ def check_bigram_probability(answer: float, text: str, a: str, b: str, alpha: fl
     c_a = sum(1 for x in text[:-1] if x == a)
     expected = (c_ab + alpha) / (c_a + alpha * len(chars))
     ok = math.isclose(answer, expected, rel_tol=1e-6, abs_tol=1e-9)
-    print(f"{'Correct' if ok else 'Not quite'}: p({b!r} | {a!r}) = ({c_ab} + {alpha}) / ({c_a} + {alpha} x "
-          f"{len(chars)}) = {expected:.6g}" + ("" if ok else f"; you gave {answer:.6g}"))
-    return ok
+    return verdict(ok, f"p({b!r} | {a!r}) = ({c_ab} + {alpha}) / ({c_a} + {alpha} x {len(chars)}) = {expected:.6g}"
+                   + ("" if ok else f"; you gave {answer:.6g}"))
 
 
 def check_perplexity(nll: float, ppl: float, bpc: float) -> bool:
     """Exercise checker: are ``ppl`` and ``bpc`` the perplexity and bits/char of ``nll`` (nats)?"""
     ok_ppl = math.isclose(ppl, perplexity(nll), rel_tol=1e-4)
     ok_bpc = math.isclose(bpc, bits_per_char(nll), rel_tol=1e-4)
-    print(f"perplexity: {'correct' if ok_ppl else f'expected exp({nll}) = {perplexity(nll):.4f}, got {ppl:.4f}'}; "
-          f"bits/char: {'correct' if ok_bpc else f'expected {nll} / ln 2 = {bits_per_char(nll):.4f}, got {bpc:.4f}'}")
-    return ok_ppl and ok_bpc
+    ppl_says = "right" if ok_ppl else f"expected exp({nll}) = {perplexity(nll):.4f}, got {ppl:.4f}"
+    bpc_says = "right" if ok_bpc else f"expected {nll} / ln 2 = {bits_per_char(nll):.4f}, got {bpc:.4f}"
+    return verdict(ok_ppl and ok_bpc, f"perplexity: {ppl_says}; bits/char: {bpc_says}")

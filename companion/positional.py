@@ -36,6 +36,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from companion.checks import verdict
+
 __all__ = [
     "sinusoidal_positional_encoding",
     "seed003_wrong_positional_encoding",
@@ -215,12 +217,10 @@ def check_pe_shift_matrix(fn: Callable[[int, int], Tensor], d_model: int = 16, n
     for k in (0, 1, 3, 17):
         m = torch.as_tensor(fn(k, d_model), dtype=torch.float64)
         if m.shape != (d_model, d_model):
-            print(f"✗ fn({k}, {d_model}) has shape {tuple(m.shape)}, expected ({d_model}, {d_model})")
-            return False
+            return verdict(False, f"fn({k}, {d_model}) has shape {tuple(m.shape)}, expected ({d_model}, {d_model})")
         err = (pe[:-k or None] @ m.T - pe[k:]).abs().max().item()
         if not math.isfinite(err) or err > 1e-8:
-            print(f"✗ with k = {k}: max |M_k PE(pos) - PE(pos + k)| = {err:.3g}. "
-                  "Check the sign of the sines and which column is the sine.")
-            return False
-    print(f"✓ PE(pos + k) = M_k PE(pos) for k in (0, 1, 3, 17) and all {n_positions - 17} valid pos")
-    return True
+            return verdict(False, f"with k = {k}: max |M_k PE(pos) - PE(pos + k)| = {err:.3g}. "
+                                  "Check the sign of the sines and which column is the sine.")
+    return verdict(True, f"PE(pos + k) = M_k PE(pos) for k in (0, 1, 3, 17) and all {n_positions - 17} "
+                         "valid pos")

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from companion.attention import MultiHeadAttention, causal_mask
+from companion.checks import verdict
 from companion.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 __all__ = [
@@ -342,8 +343,7 @@ def check_label_smoothing(fn: Callable[[Tensor, Tensor, float], Tensor], seed: i
         got = torch.as_tensor(fn(logits, target, eps), dtype=torch.float64)
         ref = F.cross_entropy(logits, target, label_smoothing=eps)
         if got.shape != () or not torch.allclose(got, ref, atol=1e-8):
-            print(f"✗ epsilon = {eps}: got {got.detach().numpy()}, expected the scalar {ref.item():.6f}. "
-                  "Is the smoothing mass spread over all K classes, the true one included?")
-            return False
-    print("✓ matches F.cross_entropy(..., label_smoothing=eps) for eps in (0, 0.1, 0.5)")
-    return True
+            return verdict(False, f"epsilon = {eps}: got {got.detach().numpy()}, expected the scalar "
+                                  f"{ref.item():.6f}. Is the smoothing mass spread over all K classes, "
+                                  "the true one included?")
+    return verdict(True, "matches F.cross_entropy(..., label_smoothing=eps) for eps in (0, 0.1, 0.5)")

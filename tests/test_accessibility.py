@@ -28,26 +28,27 @@ DIRECTIVE = re.compile(r"^([`:]{3,})\{(image|figure)\}\s*(\S*)[^\n]*\n((?::[^\n]
 CMAP = re.compile(r"""(?:cmap\s*=\s*|get_cmap\(\s*|colormaps\[\s*)["']([A-Za-z0-9_]+)["']""")
 
 
-def markdown_sources() -> dict[str, str]:
-    """``{name: markdown}`` for the book pages and every notebook's Markdown cells."""
-    out = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted((ROOT / "book").glob("*.md"))}
+def _notebook_cells(kind: str) -> dict[str, str]:
+    """``{"notebooks/NAME.ipynb cell I": source}`` for every cell of ``kind`` ("markdown" or "code")."""
+    out = {}
     for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
         for i, cell in enumerate(cells):
-            if cell["cell_type"] == "markdown":
+            if cell["cell_type"] == kind:
                 out[f"{nb_path.relative_to(ROOT)} cell {i}"] = "".join(cell["source"])
     return out
+
+
+def markdown_sources() -> dict[str, str]:
+    """``{name: markdown}`` for the book pages and every notebook's Markdown cells."""
+    out = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted((ROOT / "book").glob("*.md"))}
+    return out | _notebook_cells("markdown")
 
 
 def code_sources() -> dict[str, str]:
     """``{name: code}`` for every notebook code cell and every module of the package."""
     out = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted((ROOT / "companion").rglob("*.py"))}
-    for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        cells = json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
-        for i, cell in enumerate(cells):
-            if cell["cell_type"] == "code":
-                out[f"{nb_path.relative_to(ROOT)} cell {i}"] = "".join(cell["source"])
-    return out
+    return out | _notebook_cells("code")
 
 
 def images_without_alt(markdown: str) -> list[str]:

@@ -7,15 +7,9 @@ import torch.nn.functional as F
 from companion.bert import BERT, BERTConfig, fill_in_comparison, mask_tokens
 from companion.gpt import GPT, GPTConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 V = 9  # 8 real tokens + [MASK] = 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_bert(seed=0) -> BERT:

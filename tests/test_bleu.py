@@ -117,4 +117,4 @@ def test_check_brevity_penalty(capsys):
     assert check_brevity_penalty(math.exp(1 - 33 / 30), hyp_len=30, ref_len=33)
     assert check_brevity_penalty(1.0, hyp_len=12, ref_len=10)
     assert not check_brevity_penalty(30 / 33, hyp_len=30, ref_len=33)
-    assert "Not quite" in capsys.readouterr().out
+    assert "Not yet:" in capsys.readouterr().out
