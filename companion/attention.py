@@ -101,6 +101,10 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, ...]:
         raise ValueError(f"q has d_k = {qs[-1]} but k has d_k = {ks[-1]}; they must match")
     if ks[-2] != vs[-2]:
         raise ValueError(f"k has T_k = {ks[-2]} positions but v has {vs[-2]}; they must match")
+    if ks[-2] == 0:
+        raise ValueError("k and v have T_k = 0 positions: attention needs at least one key to attend to")
+    if not (q.dtype.is_floating_point and q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one floating-point dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
     batch = qs[:-2]
     if not batch == ks[:-2] == vs[:-2]:  # the common case needs no broadcasting
         try:
@@ -248,9 +252,16 @@ class MultiHeadAttention(nn.Module):
                 ``False`` and ``fast=True`` the fused kernel runs and the weights are ``None``.
             is_causal: add the causal mask (self-attention, T_q == T_k).
         """
+        dtype = self.w_q.weight.dtype
         for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor of shape (B, T, {self.d_model}), "
+                                f"got {type(t).__name__}")
             if t.ndim != 3 or t.shape[-1] != self.d_model:
                 raise ValueError(f"{name} must have shape (B, T, {self.d_model}), got {tuple(t.shape)}")
+            if t.dtype != dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but the layer's weights are {dtype}: pass {dtype} "
+                                f"inputs (e.g. x.to({dtype})) or convert the layer (e.g. .to({t.dtype}))")
         if key.shape[:2] != value.shape[:2]:
             raise ValueError(f"key has shape {tuple(key.shape)} but value has {tuple(value.shape)}")
         if query.shape[0] != key.shape[0]:

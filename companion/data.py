@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from companion.env import env_flag
 
 __all__ = [
     "DataError",
@@ -116,7 +119,7 @@ def data_root() -> Path:
 
 
 def _offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "") not in ("", "0", "false", "False")
+    return env_flag(OFFLINE_ENV)
 
 
 def _md5(data: bytes) -> str:
@@ -271,7 +274,7 @@ def _load_official(split: str) -> _Split:
 
 
 def _fallback_enabled() -> bool:
-    return os.environ.get(FALLBACK_ENV, "") not in ("", "0", "false", "False")
+    return env_flag(FALLBACK_ENV)
 
 
 def _official_train_or_none() -> _Split | None:
@@ -392,8 +395,20 @@ class CharTokenizer:
         return torch.tensor([self.stoi[c] for c in s], dtype=torch.long)
 
     def decode(self, ids) -> str:
-        """Sequence of token ids (tensor or list) -> string."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        """Sequence of token ids (a 1-D integer tensor or a list of ints) -> string."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+                raise TypeError(f"token ids must be integers, got a tensor of dtype {ids.dtype} "
+                                "(sampled ids are long tensors; use .long() only on whole numbers)")
+            if ids.ndim != 1:
+                raise ValueError(f"decode takes one sequence of ids, shape (T,), got shape {tuple(ids.shape)}; "
+                                 "decode each row of a batch separately")
+            ids = ids.tolist()
+        else:
+            ids = list(ids)
+            not_int = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+            if not_int:
+                raise TypeError(f"token ids must be ints, got {not_int[:5]!r} ({type(not_int[0]).__name__})")
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"token ids outside [0, {self.vocab_size}): {bad[:10]}")

@@ -253,6 +253,8 @@ class GPT(nn.Module):
         if idx.ndim != 2:
             raise ValueError(f"{name} must have shape (B, T), got {tuple(idx.shape)}"
                              + ("; add a batch dimension with idx[None]" if idx.ndim == 1 else ""))
+        if idx.shape[0] == 0:
+            raise ValueError(f"{name} holds no sequence (shape {tuple(idx.shape)}): the batch size B must be >= 1")
         if idx.shape[1] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(idx.shape)}): give at least one token, "
                              "e.g. the id of a newline")

@@ -121,6 +121,20 @@ def _sqrt_psd(a: Tensor) -> Tensor:
     return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
 
 
+def _check_covariance(name: str, sigma: Tensor) -> None:
+    """A covariance must be finite, symmetric and positive semi-definite (round-off tolerated)."""
+    if not bool(torch.isfinite(sigma).all()):
+        raise ValueError(f"{name} has non-finite entries; a covariance must be finite")
+    scale = max(float(sigma.abs().max()), 1e-300)
+    asym = float((sigma - sigma.T).abs().max())
+    if asym > 1e-8 * scale:
+        raise ValueError(f"{name} is not symmetric (max |S - S^T| = {asym:.3g}); pass a covariance matrix")
+    lowest = float(torch.linalg.eigvalsh((sigma + sigma.T) / 2).min())
+    if lowest < -1e-8 * scale:
+        raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue {lowest:.3g} < 0); "
+                         "pass a covariance matrix, e.g. from gaussian_fit")
+
+
 def frechet_distance(mu_1: Tensor, sigma_1: Tensor, mu_2: Tensor, sigma_2: Tensor) -> float:
     r"""Squared Fréchet distance between :math:`\mathcal N(\mu_1, \Sigma_1)` and :math:`\mathcal N(\mu_2, \Sigma_2)`.
 
@@ -142,6 +156,8 @@ def frechet_distance(mu_1: Tensor, sigma_1: Tensor, mu_2: Tensor, sigma_2: Tenso
     if mu_1.ndim != 1 or mu_2.shape != mu_1.shape or sigma_1.shape != (f, f) or sigma_2.shape != (f, f):
         raise ValueError(f"need mu_1, mu_2 of shape (F,) and sigma_1, sigma_2 of shape (F, F); got "
                          f"{tuple(mu_1.shape)}, {tuple(mu_2.shape)}, {tuple(sigma_1.shape)}, {tuple(sigma_2.shape)}")
+    for name, sigma in (("sigma_1", sigma_1), ("sigma_2", sigma_2)):
+        _check_covariance(name, sigma)
     root_1 = _sqrt_psd(sigma_1)
     middle = root_1 @ sigma_2 @ root_1
     tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
@@ -204,13 +220,22 @@ def class_histogram(predictions: Tensor, n_classes: int = 10) -> Tensor:
     return torch.bincount(labels.long(), minlength=n_classes)
 
 
+def _check_histogram(histogram: Tensor) -> None:
+    if not isinstance(histogram, Tensor) or histogram.ndim != 1 or histogram.numel() == 0:
+        got = tuple(histogram.shape) if isinstance(histogram, Tensor) else type(histogram).__name__
+        raise ValueError(f"histogram must be a non-empty (K,) tensor of class counts, got {got}")
+    if not bool(torch.isfinite(histogram.double()).all()) or float(histogram.min()) < 0:
+        raise ValueError(f"histogram must hold counts >= 0, got minimum {float(histogram.min())}")
+    if float(histogram.sum()) <= 0:
+        raise ValueError("histogram must count at least one sample (its sum is 0)")
+
+
 def class_coverage(histogram: Tensor, min_share: float = 0.5) -> float:
     """Fraction of classes predicted at least ``min_share`` times their fair share ``N / K``.
 
     1.0 = every digit is generated reasonably often; 0.1 = one digit only (mode collapse).
     """
-    if histogram.ndim != 1 or histogram.numel() == 0 or int(histogram.sum()) <= 0:
-        raise ValueError("histogram must be a non-empty (K,) vector of counts with a positive sum")
+    _check_histogram(histogram)
     if not 0.0 < min_share <= 1.0:
         raise ValueError(f"min_share must be in (0, 1], got {min_share}")
     k, n = histogram.numel(), float(histogram.sum())
@@ -219,8 +244,7 @@ def class_coverage(histogram: Tensor, min_share: float = 0.5) -> float:
 
 def class_kl_to_uniform(histogram: Tensor) -> float:
     """KL(predicted-class frequencies || uniform) in nats: 0 when balanced, log K for a single class."""
-    if histogram.ndim != 1 or int(histogram.sum()) <= 0:
-        raise ValueError("histogram must be a (K,) vector of counts with a positive sum")
+    _check_histogram(histogram)
     p = histogram.double() / histogram.sum()
     return float((torch.special.xlogy(p, p)).sum() + math.log(histogram.numel()))
 

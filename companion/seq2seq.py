@@ -366,7 +366,12 @@ class LSTMSeq2Seq(nn.Module):
         out = []
         for _ in range(max_len):
             h, state = self.decoder(self.tgt_embed(tok), state)
-            nxt = self._readout(h, enc_out, src)[:, -1].argmax(-1)
+            logits = self._readout(h, enc_out, src)[:, -1]
+            if not bool(torch.isfinite(logits).all()):
+                self.train(was)
+                raise FloatingPointError(f"non-finite logits at decoding step {len(out) + 1}: the model's weights "
+                                         "or inputs hold NaN or inf (did training diverge?)")
+            nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
             out.append(nxt)
             done |= nxt == eos_id

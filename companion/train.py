@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from companion.env import env_flag
+
 __all__ = ["seed_everything", "minibatches", "History", "train_loop", "cosine_decay", "linear_warmup",
            "warmup_cosine_lr", "warmup_schedule", "cache_dir", "train_or_load"]
 
@@ -219,14 +221,24 @@ def train_or_load(name: str, model: torch.nn.Module, train: Callable[[torch.nn.M
     blob = json.dumps({"config": dict(config), "version": __version__}, sort_keys=True, default=str)
     key = hashlib.sha1(blob.encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}.pt"
-    retrain = retrain or os.environ.get(RETRAIN_ENV, "") not in ("", "0")
+    retrain = retrain or env_flag(RETRAIN_ENV)
     if path.exists() and not retrain:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["state_dict"])
-        history = History(seconds=float(ckpt["seconds"]))
-        history.metrics.update({k: list(v) for k, v in ckpt["metrics"].items()})
-        print(f"Loaded cached weights for {name!r} from {path} (trained in {history.seconds:.1f} s).")
-        return history
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(ckpt["state_dict"])
+            history = History(seconds=float(ckpt["seconds"]))
+            history.metrics.update({k: list(v) for k, v in ckpt["metrics"].items()})
+        except Exception as exc:  # truncated, zero-byte, foreign or mismatched file: train again
+            import warnings
+
+            model.load_state_dict(fresh)  # a failed load may have copied some tensors already
+            reason = " ".join(str(exc).split())[:300]
+            warnings.warn(f"cached weights for {name!r} in {path} cannot be used ({type(exc).__name__}: "
+                          f"{reason}); training again and replacing the file", RuntimeWarning, stacklevel=2)
+        else:
+            print(f"Loaded cached weights for {name!r} (trained in {history.seconds:.1f} s).")
+            return history
     history = train(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -269,6 +269,9 @@ class Transformer(nn.Module):
             done = torch.zeros(B, dtype=torch.bool, device=src.device)
             for _ in range(max_len):
                 logits, _, _ = self.decode(ys, memory, src)
+                if not bool(torch.isfinite(logits[:, -1]).all()):
+                    raise FloatingPointError(f"non-finite logits at decoding step {ys.shape[1]}: the model's "
+                                             "weights or inputs hold NaN or inf (did training diverge?)")
                 nxt = logits[:, -1].argmax(-1)
                 nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
                 ys = torch.cat([ys, nxt[:, None]], dim=1)

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "distributed": 2,
     "data": 2,
     "plotting": 2,
+    "env": 2,
     # 3: recipes (a model's config, data and training loop)
     "recipes": 3,
     # 4: runs (registry, checkpoints, train/sample/evaluate as a library)
