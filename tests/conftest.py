@@ -58,3 +58,26 @@ def fake_mnist(tmp_path, monkeypatch):
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def mnist(monkeypatch, tmp_path):
+    """MNIST's test split ``(x, y)`` from local files only, with a private weight cache; else a skip.
+
+    Never downloads (``COMPANION_OFFLINE=1``): the data comes from ``$COMPANION_DATA`` or, when that
+    is unset, from the offline copy beside the project (``../shared/data``) if there is one. Without
+    the 60,000 training images the documented fallback split is used.
+    """
+    import os
+
+    from companion.data import DataError, load_mnist
+
+    if not os.environ.get("COMPANION_DATA") and (SHARED_DATA / "mnist").exists():
+        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
+    monkeypatch.setenv("COMPANION_OFFLINE", "1")
+    monkeypatch.setenv("COMPANION_MNIST_FALLBACK", "1")
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "cache"))
+    try:
+        return load_mnist("test")
+    except DataError as exc:
+        pytest.skip(f"MNIST is not available locally (set COMPANION_DATA): {exc}")

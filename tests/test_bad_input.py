@@ -212,3 +212,19 @@ def test_a_corrupt_cache_entry_is_reported_and_retrained(monkeypatch, tmp_path, 
     again = torch.nn.Linear(2, 2)  # the bad file was replaced by the new weights
     train.train_or_load("m", again, _train_into(math.nan), {"k": 1})
     assert bool((again.weight == 2.0).all())
+
+
+# ------------------------------------------------------------------ no test touches the network
+
+
+def test_the_suite_runs_with_outside_network_access_blocked(request):
+    """pytest-socket (pyproject's addopts) lets sockets connect to this machine only.
+
+    Checked without opening any connection: the plugin has replaced ``socket.connect`` and the
+    allowed hosts are the loopback ones.
+    """
+    import socket
+
+    allowed = request.config.getoption("allow_hosts")
+    assert set(str(allowed).split(",")) == {"127.0.0.1", "localhost", "::1"}, allowed
+    assert socket.socket.connect.__module__ == "pytest_socket"

@@ -433,19 +433,9 @@ def test_recipe_same_seed_same_result():
                                recipe.sample(cfg, b, 8, torch.Generator().manual_seed(0)))
 
 
-def _mnist_or_skip():
-    from companion.data import DataUnavailableError, load_mnist
-
-    try:
-        load_mnist("test")
-    except DataUnavailableError as exc:
-        pytest.skip(f"MNIST not available: {exc}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, conditional", [("mlp", False), ("dcgan", True)])
-def test_recipe_trains_on_mnist_for_a_few_steps(arch, conditional):
-    _mnist_or_skip()
+def test_recipe_trains_on_mnist_for_a_few_steps(arch, conditional, mnist):
     cfg = recipe.Config(data="mnist", arch=arch, conditional=conditional, steps=2, hidden=64, batch_size=16, n_eval=50)
     model = recipe.build_model(cfg)
     history = recipe.train(cfg, model, progress=False)
