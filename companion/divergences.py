@@ -21,19 +21,32 @@ For diagonal Gaussians :math:`q = \mathcal N(\mu_q, \operatorname{diag} \sigma_q
 .. math::
 
     \mathrm{KL}(q \,\|\, p) = \frac12 \sum_j \left( \log \frac{\sigma_{p,j}^2}{\sigma_{q,j}^2}
-        + \frac{\sigma_{q,j}^2 + (\mu_{q,j} - \mu_{p,j})^2}{\sigma_{p,j}^2} - 1 \right).
+        + \frac{\sigma_{q,j}^2 + (\mu_{q,j} - \mu_{p,j})^2}{\sigma_{p,j}^2} - 1 \right)
+
+(:func:`gaussian_kl`; the VAE's KL term, chapter "Variational autoencoders", exercise checker
+:func:`check_gaussian_kl`). For full covariances, :math:`d`-dimensional (:func:`gaussian_kl_full`;
+the linear-Gaussian model of notebook ``05_1``):
+
+.. math::
+
+    \mathrm{KL}(\mathcal N(m_0, S_0) \,\|\, \mathcal N(m_1, S_1)) = \frac12 \left(
+        \operatorname{tr}(S_1^{-1} S_0) + (m_1 - m_0)^\top S_1^{-1} (m_1 - m_0) - d
+        + \log \frac{\det S_1}{\det S_0} \right).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from companion.checks import verdict
+
 __all__ = [
-    "entropy", "cross_entropy", "kl_divergence", "js_divergence", "gaussian_kl",
-    "check_probability_vectors", "fit_gaussian_to_density", "check_kl_answer",
+    "entropy", "cross_entropy", "kl_divergence", "js_divergence", "gaussian_kl", "gaussian_kl_full",
+    "check_probability_vectors", "fit_gaussian_to_density", "check_kl_answer", "check_gaussian_kl",
 ]
 
 
@@ -146,6 +159,59 @@ def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor | float = 0.0, logv
     return 0.5 * (logvar_p - logvar_q + var_ratio + mahalanobis - 1.0).sum(-1)
 
 
+def _check_covariance(name: str, S: Tensor, d: int) -> None:
+    if S.ndim < 2 or S.shape[-2:] != (d, d):
+        raise ValueError(f"{name} must be (..., d, d) with d = {d} (the means' last axis), got {tuple(S.shape)}")
+    if not torch.allclose(S, S.mT, rtol=1e-5, atol=1e-8):
+        err = (S - S.mT).abs().max().item()
+        raise ValueError(f"{name} is not symmetric (max |S - S^T| = {err:.3g}); a covariance must be")
+    if (torch.linalg.cholesky_ex(S).info > 0).any():
+        raise ValueError(f"{name} is not positive definite (its Cholesky factorisation fails)")
+
+
+def gaussian_kl_full(m0: Tensor, S0: Tensor, m1: Tensor, S1: Tensor) -> Tensor:
+    r""":math:`\mathrm{KL}(\mathcal N(m_0, S_0) \,\|\, \mathcal N(m_1, S_1))` for full covariance matrices.
+
+    .. math::
+
+        \mathrm{KL} = \frac12 \left( \operatorname{tr}(S_1^{-1} S_0) + (m_1 - m_0)^\top S_1^{-1} (m_1 - m_0)
+            - d + \log \det S_1 - \log \det S_0 \right),
+
+    computed with a Cholesky factor of :math:`S_1` (no explicit inverse).
+
+    Args:
+        m0, m1: ``(..., d)`` means.
+        S0, S1: ``(..., d, d)`` symmetric positive-definite covariances; the batch axes ``...``
+            of all four broadcast against each other.
+
+    Returns:
+        ``(...)`` KL values in nats.
+
+    Raises:
+        ValueError: mismatched shapes, or a covariance that is not symmetric positive definite.
+    """
+    m0, S0, m1, S1 = (torch.as_tensor(t) for t in (m0, S0, m1, S1))
+    if m0.ndim == 0 or m1.shape[-1:] != m0.shape[-1:]:
+        raise ValueError(f"m0 and m1 must be (..., d) with the same d, got {tuple(m0.shape)} and {tuple(m1.shape)}")
+    d = m0.shape[-1]
+    _check_covariance("S0", S0, d)
+    _check_covariance("S1", S1, d)
+    try:
+        torch.broadcast_shapes(m0.shape[:-1], S0.shape[:-2], m1.shape[:-1], S1.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch shapes do not broadcast: m0 {tuple(m0.shape)}, S0 {tuple(S0.shape)}, "
+            f"m1 {tuple(m1.shape)}, S1 {tuple(S1.shape)}"
+        ) from None
+    L1 = torch.linalg.cholesky(S1)
+    S1_inv_S0 = torch.cholesky_solve(S0, L1)
+    diff = (m1 - m0).unsqueeze(-1)
+    maha = (diff * torch.cholesky_solve(diff, L1)).sum((-2, -1))
+    logdet1 = 2 * torch.log(torch.diagonal(L1, dim1=-2, dim2=-1)).sum(-1)
+    logdet0 = torch.linalg.slogdet(S0)[1]
+    return 0.5 * (torch.diagonal(S1_inv_S0, dim1=-2, dim2=-1).sum(-1) + maha - d + logdet1 - logdet0)
+
+
 def fit_gaussian_to_density(x: Tensor, p: Tensor, direction: str = "forward", mu0: float = 0.0,
                             log_sigma0: float = 0.0, steps: int = 400, lr: float = 0.05) -> tuple[float, float]:
     r"""Fit one Gaussian :math:`q = \mathcal N(\mu, \sigma^2)` to a 1-D density by minimising a KL divergence.
@@ -197,7 +263,25 @@ def check_kl_answer(p, q, answer: float, tol: float = 1e-3) -> bool:
     p, q = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)
     truth = kl_divergence(p, q).item()
     ok = abs(truth - float(answer)) <= tol
-    print(f"Correct: KL(p || q) = {truth:.4f} nats." if ok else
-          f"Not yet: your {float(answer):.4f} differs from KL(p || q) by more than {tol} "
-          "(did you use natural logarithms, and the sum over p's support?)")
-    return ok
+    return verdict(ok, f"KL(p || q) = {truth:.4f} nats." if ok else
+                   f"your {float(answer):.4f} differs from KL(p || q) by more than {tol} "
+                   "(did you use natural logarithms, and the sum over p's support?)")
+
+
+def check_gaussian_kl(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], *, seed: int = 0) -> bool:
+    """Check a reader's ``fn(mu_q, logvar_q, mu_p, logvar_p) -> (B,)`` KL between diagonal Gaussians.
+
+    Compares with :func:`gaussian_kl` on 64 random pairs of 3-dimensional Gaussians, ``(64, 3)``
+    arguments in float64; prints and returns the verdict.
+    """
+    g = torch.Generator().manual_seed(seed)
+    args = [torch.randn(64, 3, generator=g, dtype=torch.float64) for _ in range(4)]
+    try:
+        got = torch.as_tensor(fn(*args), dtype=torch.float64)
+    except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+        return verdict(False, f"your function raised {exc.__class__.__name__}: {exc}")
+    want = gaussian_kl(*args)
+    if got.shape != want.shape:
+        return verdict(False, f"expected one KL per row, shape {tuple(want.shape)}; got {tuple(got.shape)}")
+    err = (got - want).abs().max().item()
+    return verdict(err < 1e-8, f"max difference to the closed form {err:.2e} over 64 random pairs")

@@ -10,7 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.divergences import cross_entropy, entropy, gaussian_kl, js_divergence, kl_divergence
+from companion.divergences import (
+    check_gaussian_kl,
+    cross_entropy,
+    entropy,
+    gaussian_kl,
+    gaussian_kl_full,
+    js_divergence,
+    kl_divergence,
+)
 
 
 def pair(n):
@@ -138,3 +146,75 @@ def test_gaussian_kl_is_zero_iff_equal(mu, logvar):
     t = torch.tensor([[mu]], dtype=torch.float64)
     lv = torch.tensor([[logvar]], dtype=torch.float64)
     assert gaussian_kl(t, lv, t, lv).abs().item() < 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(*[st.floats(-3.0, 3.0)] * 4), min_size=1, max_size=6))
+def test_gaussian_kl_agrees_with_torch_distributions_in_float64(rows):
+    t = torch.tensor(rows, dtype=torch.float64).T  # (4, D)
+    mu_q, logvar_q, mu_p, logvar_p = t
+    q = torch.distributions.Independent(torch.distributions.Normal(mu_q, torch.exp(0.5 * logvar_q)), 1)
+    p = torch.distributions.Independent(torch.distributions.Normal(mu_p, torch.exp(0.5 * logvar_p)), 1)
+    want = torch.distributions.kl_divergence(q, p)
+    torch.testing.assert_close(gaussian_kl(mu_q, logvar_q, mu_p, logvar_p), want, rtol=1e-9, atol=1e-10)
+
+
+# ------------------------------------------------------------------ full-covariance Gaussian KL
+
+
+def random_spd(n: int, d: int, g: torch.Generator) -> torch.Tensor:
+    A = torch.randn(n, d, d, generator=g, dtype=torch.float64)
+    return A @ A.mT + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_full_covariance_kl_agrees_with_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    S0, S1 = random_spd(2, 3, g)
+    m0, m1 = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    want = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(m0, S0),
+                                             torch.distributions.MultivariateNormal(m1, S1))
+    torch.testing.assert_close(gaussian_kl_full(m0, S0, m1, S1), want, rtol=1e-9, atol=1e-10)
+
+
+def test_full_covariance_kl_is_batched_and_broadcasts_and_reduces_to_the_diagonal_kl():
+    g = torch.Generator().manual_seed(1)
+    S0, S1 = random_spd(5, 4, g), random_spd(5, 4, g)
+    m0, m1 = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    got = gaussian_kl_full(m0, S0, m1, S1)
+    want = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(m0, S0),
+                                             torch.distributions.MultivariateNormal(m1, S1))
+    assert got.shape == (5,)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    # one S1 for the whole batch broadcasts; a KL to itself is 0
+    torch.testing.assert_close(gaussian_kl_full(m0, S0, m1, S1[0]), gaussian_kl_full(m0, S0, m1, S1[0].expand(5, 4, 4)))
+    torch.testing.assert_close(gaussian_kl_full(m0, S0, m0, S0), torch.zeros(5, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    # diagonal covariances: the same number as gaussian_kl
+    lv0, lv1 = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_kl_full(m0, torch.diag_embed(lv0.exp()), m1, torch.diag_embed(lv1.exp())),
+                               gaussian_kl(m0, lv0, m1, lv1), rtol=1e-9, atol=1e-10)
+
+
+def test_full_covariance_kl_errors_name_the_problem():
+    m, S = torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="same d"):
+        gaussian_kl_full(m, S, torch.zeros(2), S)
+    with pytest.raises(ValueError, match=r"S0 must be \(\.\.\., d, d\) with d = 3"):
+        gaussian_kl_full(m, torch.eye(2), m, S)
+    with pytest.raises(ValueError, match="S1 is not symmetric"):
+        gaussian_kl_full(m, S, m, S + torch.triu(torch.ones(3, 3), 1))
+    not_pd = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="S0 is not positive definite"):
+        gaussian_kl_full(m, not_pd, m, S)
+    with pytest.raises(ValueError, match="S1 is not positive definite"):
+        gaussian_kl_full(m, S, m, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="batch shapes do not broadcast"):
+        gaussian_kl_full(torch.zeros(4, 3), S, torch.zeros(5, 3), S)
+
+
+def test_gaussian_kl_checker_accepts_the_closed_form_and_rejects_one_that_ignores_the_prior(capsys):
+    assert check_gaussian_kl(gaussian_kl)
+    assert not check_gaussian_kl(lambda mq, lq, mp, lp: gaussian_kl(mq, lq))  # ignores the prior
+    assert not check_gaussian_kl(lambda mq, lq, mp, lp: 1 / 0)  # a raising answer is a verdict, not a crash
+    out = capsys.readouterr().out
+    assert "Correct" in out and "Not yet" in out and "ZeroDivisionError" in out

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from companion import distributed
 from companion.data import load_mnist, mnist_is_fallback
 from companion.train import History, minibatches, train_loop, warmup_cosine_lr
-from companion.vae import CVAE, VAE, VQVAE
+from companion.vae import CVAE, VAE
+from companion.vqvae import VQVAE
 
 __all__ = ["Config", "build_model", "train", "evaluate", "sample", "FAMILIES", "DISTRIBUTED"]
 
