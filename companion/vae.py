@@ -286,7 +286,8 @@ class CVAE(VAE):
 
     The label ``y`` (an int class index) enters both networks as a one-hot vector
     concatenated to their input; generating a requested digit is decoding ``(z, y)`` with
-    ``z ~ N(0, I)``.
+    ``z ~ N(0, I)``. Keep ``z_dim`` small (the recipe's cvae uses 4): a large z also encodes
+    the class, the decoder then follows z rather than y, and prior samples ignore the label.
     """
 
     def __init__(self, x_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (400,), z_dim: int = 20,

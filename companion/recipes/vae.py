@@ -28,6 +28,13 @@ DISTRIBUTED = True  # train() runs under torchrun (companion.distributed: DDP lo
 
 FAMILIES = ("vae", "cvae", "vqvae")
 
+# The cvae's latent size. With z_dim = 20 the encoder also writes the digit's class into z (a
+# nearest-class-mean reader finds it there), the decoder follows z rather than y, and a random
+# z from the prior overrides the requested label: 34% label accuracy after 10 epochs, 69% after
+# 60. With 4 dimensions z keeps only the style, and the label decides the digit (98% after 60
+# epochs, 95% after 30; the classifier of companion.metrics reading 1,000 samples).
+CVAE_Z_DIM = 4
+
 
 @dataclass
 class Config:
@@ -36,6 +43,7 @@ class Config:
     Attributes:
         family: ``"vae"``, ``"cvae"`` (conditioned on the digit) or ``"vqvae"``.
         hidden, z_dim, activation: MLP widths (encoder order), latent size, nonlinearity (vae, cvae).
+            z_dim: 20 for the vae, 4 for the cvae (see CVAE_Z_DIM: a larger z carries the class).
         epochs: passes over the training data (may be fractional).
         batch_size, lr: Adam's mini-batch size and peak learning rate.
         lr_schedule: ``"constant"`` or ``"cosine"`` (decay from ``lr`` to ``lr_min`` over the run).
@@ -54,7 +62,7 @@ class Config:
 
     family: str = "vae"
     hidden: list[int] = field(default_factory=lambda: [400])
-    z_dim: int = 20
+    z_dim: int | None = None  # None: the family's default, 20 (vae) or CVAE_Z_DIM (cvae)
     activation: str = "silu"
     epochs: float = 60.0
     batch_size: int = 128
@@ -88,6 +96,11 @@ class Config:
         if self.beta < 0 or self.kl_warmup_epochs < 0 or self.train_size < 0:
             raise ValueError("beta, kl_warmup_epochs and train_size must be >= 0")
         self.hidden = [int(h) for h in self.hidden]
+        if self.z_dim is None:
+            self.z_dim = CVAE_Z_DIM if self.family == "cvae" else 20
+        if self.z_dim < 1:
+            raise ValueError(f"z_dim must be >= 1, got {self.z_dim}")
+        self.z_dim = int(self.z_dim)
 
     @classmethod
     def pytorch_examples(cls, **overrides) -> Config:
