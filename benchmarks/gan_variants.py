@@ -40,7 +40,8 @@ def main() -> int:
     variants = R.VARIANTS if args.variants is None else {k: R.VARIANTS[k] for k in args.variants}
     base = R.Config(data="ring", steps=args.steps)
     print(f"ring: {base.n_modes} Gaussians, radius {base.ring_radius}, std {base.ring_std}; "
-          f"{args.steps} generator steps, seeds {args.seeds}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"{args.steps} generator steps, seeds {args.seeds}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     start = time.perf_counter()
     rows = []
     for name, overrides in variants.items():
@@ -51,13 +52,17 @@ def main() -> int:
                   f"high quality {row['high_quality_fraction']:.3f}, {row['seconds']:.1f} s", flush=True)
     total = time.perf_counter() - start
 
-    header = f"| {'variant':24s} | modes per seed | mean modes | high quality | KL to uniform | label acc. | seconds/run |"
+    header = (f"| {'variant':24s} | modes per seed | mean modes | high quality | KL to uniform | label acc. "
+              "| seconds/run |")
     print("\n" + header + "\n|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     ok = True
     for name in variants:
         runs = [r for r in rows if r["variant"] == name]
         modes = [int(r["modes_captured"]) for r in runs]
-        mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
+
+        def mean(key: str, runs: list = runs) -> float:
+            return sum(r[key] for r in runs) / len(runs)
+
         kl = [r["kl_to_uniform"] for r in runs if not math.isnan(r["kl_to_uniform"])]
         acc = f"{mean('label_accuracy'):.3f}" if "label_accuracy" in runs[0] else "-"
         print(f"| {name:24s} | {' '.join(map(str, modes)):14s} | {sum(modes) / len(modes):10.2f} | "
@@ -69,7 +74,8 @@ def main() -> int:
     for name, need in GOAL.items():
         if name in variants:
             got = min(int(r["modes_captured"]) for r in rows if r["variant"] == name)
-            print(f"goal {name}: >= {need} of 8 modes with every seed -> worst seed {got}: {'PASS' if got >= need else 'FAIL'}")
+            verdict = "PASS" if got >= need else "FAIL"
+            print(f"goal {name}: >= {need} of 8 modes with every seed -> worst seed {got}: {verdict}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": asdict(base), "rows": rows, "seconds": total}, fh, indent=1)

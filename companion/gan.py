@@ -29,7 +29,8 @@ gradients for any finite l (a naive ``log(sigmoid(l))`` is ``-inf`` at l = -100)
 * generator (:func:`generator_loss`): *minimax* (saturating)
   :math:`L_G = \mathbb E[\log(1 - D(G(z)))] = -\operatorname{mean}\,\operatorname{softplus}(l_{\mathrm{fake}})`,
   with :math:`\partial L_G / \partial l = -D`, which vanishes as D(G(z)) -> 0;
-  *non-saturating* :math:`L_G = -\mathbb E[\log D(G(z))] = \operatorname{mean}\,\operatorname{softplus}(-l_{\mathrm{fake}})`,
+  *non-saturating* :math:`L_G = -\mathbb E[\log D(G(z))]
+  = \operatorname{mean}\,\operatorname{softplus}(-l_{\mathrm{fake}})`,
   with :math:`\partial L_G / \partial l = -(1 - D)`, which tends to -1;
 * WGAN (:func:`wasserstein_losses`): critic :math:`\mathbb E[f(G(z))] - \mathbb E[f(x)]`,
   generator :math:`-\mathbb E[f(G(z))]`, with f kept Lipschitz by :func:`clip_weights_`,
@@ -42,12 +43,8 @@ gradients for any finite l (a naive ``log(sigmoid(l))`` is ``-inf`` at l = -100)
 * hinge (:func:`hinge_losses`, used by SAGAN): :math:`\mathbb E[\max(0, 1 - D(x))] + \mathbb E[\max(0, 1 + D(G(z)))]`
   and :math:`-\mathbb E[D(G(z))]`.
 
-Models: small MLPs for 2-D toy data (:class:`ToyGenerator`, :class:`ToyDiscriminator`),
-MLP and DCGAN-style networks for 28 x 28 images (:class:`MLPGenerator`,
-:class:`MLPDiscriminator`, :class:`DCGANGenerator`, :class:`DCGANDiscriminator`), each
-conditional when built with ``n_classes > 0`` (the generator reads a one-hot label
-beside z; the discriminator adds a projection term :math:`\langle e_y, \phi(x) \rangle`),
-and the SAGAN block :class:`SelfAttention2d`. :class:`GAN` holds a pair.
+The networks are in :mod:`companion.gan_networks`, the differentiable augmentation of
+training images (DiffAugment) in :mod:`companion.diffaugment`.
 """
 
 from __future__ import annotations
@@ -60,7 +57,6 @@ from torch import Tensor, nn
 
 from companion.checks import verdict
 from companion.divergences import check_probability_vectors
-from companion.layers import mlp
 
 __all__ = [
     "optimal_discriminator",
@@ -74,14 +70,6 @@ __all__ = [
     "dragan_penalty",
     "clip_weights_",
     "apply_spectral_norm",
-    "ToyGenerator",
-    "ToyDiscriminator",
-    "MLPGenerator",
-    "MLPDiscriminator",
-    "DCGANGenerator",
-    "DCGANDiscriminator",
-    "SelfAttention2d",
-    "GAN",
     "check_optimal_discriminator",
     "check_stable_generator_loss",
     "check_gradient_penalty",
@@ -125,7 +113,8 @@ def gan_value(d: Tensor, p_data: Tensor, p_g: Tensor) -> Tensor:
     if not isinstance(d, Tensor):
         raise TypeError(f"d must be a torch.Tensor, got {type(d).__name__}")
     if d.shape != p_data.shape:
-        raise ValueError(f"shape mismatch: d has shape {tuple(d.shape)} but p_data and p_g have shape {tuple(p_data.shape)}")
+        raise ValueError(f"shape mismatch: d has shape {tuple(d.shape)} but p_data and p_g have shape "
+                         f"{tuple(p_data.shape)}")
     if torch.isnan(d).any() or (d < 0).any() or (d > 1).any():
         finite = d[~torch.isnan(d)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (float("nan"), float("nan"))
@@ -270,7 +259,8 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
         target: the gradient norm the penalty pulls towards (1 for 1-Lipschitz).
     """
     if real.shape != fake.shape:
-        raise ValueError(f"real and fake must have the same shape to interpolate; got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise ValueError(f"real and fake must have the same shape to interpolate; got {tuple(real.shape)} "
+                         f"and {tuple(fake.shape)}")
     if real.ndim < 2:
         raise ValueError(f"real and fake must be batches of shape (B, ...) with ndim >= 2, got {tuple(real.shape)}")
     if eps is None:
@@ -330,227 +320,6 @@ def apply_spectral_norm(module: nn.Module, n_power_iterations: int = 1) -> nn.Mo
     return module
 
 
-# ----------------------------------------------------------------------------- models
-
-
-def _check_labels(y: Tensor | None, n_classes: int, batch: int, who: str) -> None:
-    if n_classes == 0:
-        if y is not None:
-            raise ValueError(f"{who} is unconditional (n_classes=0) but labels were given")
-        return
-    if y is None:
-        raise ValueError(f"{who} is conditional (n_classes={n_classes}): pass labels y of shape ({batch},)")
-    if y.shape != (batch,):
-        raise ValueError(f"labels y must have shape ({batch},), got {tuple(y.shape)}")
-    if y.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"labels y must be integer class indices, got dtype {y.dtype}")
-    if batch and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"labels must be in [0, {n_classes}), got values in [{int(y.min())}, {int(y.max())}]")
-
-
-class _ConditionalGenerator(nn.Module):
-    """Shared input handling: z (B, latent_dim) and, if conditional, labels -> [z, onehot(y)]."""
-
-    latent_dim: int
-    n_classes: int
-
-    def _input(self, z: Tensor, y: Tensor | None) -> Tensor:
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must have shape (B, {self.latent_dim}), got {tuple(z.shape)}")
-        _check_labels(y, self.n_classes, z.shape[0], type(self).__name__)
-        if self.n_classes:
-            return torch.cat([z, F.one_hot(y.long(), self.n_classes).to(z.dtype)], dim=1)
-        return z
-
-
-class _ProjectionHead(nn.Module):
-    r"""logit = w . phi(x) + b (+ <e_y, phi(x)> if conditional): the projection discriminator."""
-
-    def __init__(self, features: int, n_classes: int):
-        super().__init__()
-        self.n_classes = n_classes
-        self.linear = nn.Linear(features, 1)
-        self.embed = nn.Embedding(n_classes, features) if n_classes else None
-        if self.embed is not None:
-            nn.init.normal_(self.embed.weight, std=0.02)
-
-    def forward(self, h: Tensor, y: Tensor | None, who: str) -> Tensor:
-        _check_labels(y, self.n_classes, h.shape[0], who)
-        out = self.linear(h).squeeze(-1)
-        if self.embed is not None:
-            out = out + (self.embed(y.long()) * h).sum(-1)
-        return out
-
-
-class ToyGenerator(_ConditionalGenerator):
-    """MLP generator for low-dimensional data: z (B, latent_dim) [, y (B,)] -> x (B, out_dim)."""
-
-    def __init__(self, latent_dim: int = 2, hidden: int = 128, depth: int = 3, out_dim: int = 2, n_classes: int = 0):
-        super().__init__()
-        self.latent_dim, self.n_classes, self.out_dim = latent_dim, n_classes, out_dim
-        self.net = mlp([latent_dim + n_classes] + [hidden] * depth + [out_dim], "leaky_relu")
-
-    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """z: (B, latent_dim), y: (B,) labels if conditional -> x: (B, out_dim)."""
-        return self.net(self._input(z, y))
-
-
-class ToyDiscriminator(nn.Module):
-    """MLP discriminator (or critic): x (B, in_dim) [, y (B,)] -> logits (B,)."""
-
-    def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3, n_classes: int = 0):
-        super().__init__()
-        self.in_dim, self.n_classes = in_dim, n_classes
-        self.features = nn.Sequential(mlp([in_dim] + [hidden] * depth, "leaky_relu"), nn.LeakyReLU(0.2))
-        self.head = _ProjectionHead(hidden, n_classes)
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, in_dim), y: (B,) labels if conditional -> logits: (B,)."""
-        if x.ndim != 2 or x.shape[1] != self.in_dim:
-            raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
-        return self.head(self.features(x), y, type(self).__name__)
-
-
-def _check_image(x: Tensor, who: str) -> None:
-    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"{who} expects images of shape (B, 1, 28, 28), got {tuple(x.shape)}")
-
-
-class MLPGenerator(_ConditionalGenerator):
-    """MLP generator for 28 x 28 images: z (B, latent_dim) [, y] -> (B, 1, 28, 28) in [-1, 1] (tanh)."""
-
-    def __init__(self, latent_dim: int = 64, hidden: int = 256, n_classes: int = 0):
-        super().__init__()
-        self.latent_dim, self.n_classes = latent_dim, n_classes
-        self.net = nn.Sequential(mlp([latent_dim + n_classes, hidden, 2 * hidden, 784], "leaky_relu"), nn.Tanh())
-
-    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """z: (B, latent_dim), y: (B,) labels if conditional -> x: (B, out_dim)."""
-        return self.net(self._input(z, y)).view(-1, 1, 28, 28)
-
-
-class MLPDiscriminator(nn.Module):
-    """MLP discriminator for 28 x 28 images: (B, 1, 28, 28) [, y] -> logits (B,)."""
-
-    def __init__(self, hidden: int = 256, n_classes: int = 0):
-        super().__init__()
-        self.n_classes = n_classes
-        self.features = nn.Sequential(nn.Flatten(), mlp([784, 2 * hidden, hidden], "leaky_relu"), nn.LeakyReLU(0.2))
-        self.head = _ProjectionHead(hidden, n_classes)
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, 1, 28, 28), y: (B,) labels if conditional -> logits: (B,)."""
-        _check_image(x, type(self).__name__)
-        return self.head(self.features(x), y, type(self).__name__)
-
-
-class SelfAttention2d(nn.Module):
-    r"""SAGAN self-attention over the positions of a feature map (Zhang et al., 2019).
-
-    With N = H W positions and 1 x 1 convolutions f, g (C -> C/r) and h (C -> C):
-
-    .. math::
-
-        \beta_{j,i} = \operatorname{softmax}_i\big(f(x)_i^\top g(x)_j\big), \qquad
-        o_j = \sum_i \beta_{j,i}\, h(x)_i, \qquad y = x + \gamma\, o,
-
-    with the scalar gamma initialised to 0, so the block starts as the identity and learns
-    how much non-local evidence to mix in. x: (B, C, H, W) -> y: (B, C, H, W).
-    """
-
-    def __init__(self, channels: int, reduction: int = 8):
-        super().__init__()
-        inner = max(1, channels // reduction)
-        self.channels = channels
-        self.f = nn.Conv2d(channels, inner, 1)
-        self.g = nn.Conv2d(channels, inner, 1)
-        self.h = nn.Conv2d(channels, channels, 1)
-        self.gamma = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: Tensor, return_attention: bool = False):
-        """x: (B, C, H, W) -> y: (B, C, H, W), and the attention (B, HW, HW) if ``return_attention``."""
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        b, c, hgt, wid = x.shape
-        f = self.f(x).flatten(2)  # (B, C', N)
-        g = self.g(x).flatten(2)  # (B, C', N)
-        h = self.h(x).flatten(2)  # (B, C, N)
-        beta = torch.softmax(g.transpose(1, 2) @ f, dim=-1)  # (B, N_j, N_i): row j attends over i
-        o = (h @ beta.transpose(1, 2)).view(b, c, hgt, wid)
-        y = x + self.gamma * o
-        return (y, beta) if return_attention else y
-
-
-class DCGANGenerator(_ConditionalGenerator):
-    """DCGAN-style generator for 28 x 28 images (Radford et al., 2016).
-
-    z [, onehot(y)] -> Linear -> (2C, 7, 7) -> ConvT -> (C, 14, 14) [-> SelfAttention2d]
-    -> ConvT -> (1, 28, 28) -> tanh; batch norm and ReLU between layers. C = ``base``.
-    """
-
-    def __init__(self, latent_dim: int = 64, base: int = 32, n_classes: int = 0, self_attention: bool = False):
-        super().__init__()
-        self.latent_dim, self.n_classes, self.base = latent_dim, n_classes, base
-        self.project = nn.Sequential(nn.Linear(latent_dim + n_classes, 2 * base * 49), nn.BatchNorm1d(2 * base * 49), nn.ReLU())
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * base, base, 4, 2, 1), nn.BatchNorm2d(base), nn.ReLU())
-        self.attention = SelfAttention2d(base) if self_attention else nn.Identity()
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(base, 1, 4, 2, 1), nn.Tanh())
-
-    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """z: (B, latent_dim), y: (B,) labels if conditional -> images: (B, 1, 28, 28)."""
-        h = self.project(self._input(z, y)).view(-1, 2 * self.base, 7, 7)
-        return self.up2(self.attention(self.up1(h)))
-
-
-class DCGANDiscriminator(nn.Module):
-    """DCGAN-style discriminator: (B, 1, 28, 28) [, y] -> logits (B,).
-
-    Conv(4, stride 2) -> (C, 14, 14) [-> SelfAttention2d] -> Conv(4, stride 2) -> (2C, 7, 7),
-    LeakyReLU(0.2), no batch norm (so that gradient penalties stay per-example).
-    """
-
-    def __init__(self, base: int = 32, n_classes: int = 0, self_attention: bool = False):
-        super().__init__()
-        self.n_classes = n_classes
-        self.features = nn.Sequential(
-            nn.Conv2d(1, base, 4, 2, 1), nn.LeakyReLU(0.2),
-            SelfAttention2d(base) if self_attention else nn.Identity(),
-            nn.Conv2d(base, 2 * base, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Flatten(),
-        )
-        self.head = _ProjectionHead(2 * base * 49, n_classes)
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, 1, 28, 28), y: (B,) labels if conditional -> logits: (B,)."""
-        _check_image(x, type(self).__name__)
-        return self.head(self.features(x), y, type(self).__name__)
-
-
-class GAN(nn.Module):
-    """A generator and a discriminator in one module (one ``state_dict`` to cache)."""
-
-    def __init__(self, generator: nn.Module, discriminator: nn.Module):
-        super().__init__()
-        self.generator = generator
-        self.discriminator = discriminator
-        self.latent_dim: int = generator.latent_dim
-        self.n_classes: int = getattr(generator, "n_classes", 0)
-
-    @torch.no_grad()
-    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw n samples G(z), z ~ N(0, I), in eval mode (conditional: ``labels`` (n,), default k mod K)."""
-        device = next(self.generator.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator).to(device)
-        if self.n_classes and labels is None:
-            labels = torch.arange(n, device=device) % self.n_classes
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
-            return self.generator(z, labels) if self.n_classes else self.generator(z)
-        finally:
-            self.generator.train(was_training)
-
-
 # ----------------------------------------------------------------------------- exercise checkers
 
 
@@ -589,7 +358,8 @@ def check_optimal_discriminator(candidate: Callable[[Tensor, Tensor], Tensor], *
     worse = all((objective((d + s).clamp(1e-9, 1 - 1e-9)) <= base + 1e-12).all() for s in (-1e-3, 1e-3, -0.05, 0.05))
     ok = stationarity < 1e-6 and worse
     return verdict(ok, "your d maximises the objective at every point" if ok else
-                    f"not the maximiser: the derivative of the objective at your d reaches {stationarity:.3g} (should be 0)")
+                    f"not the maximiser: the derivative of the objective at your d reaches {stationarity:.3g} "
+                    "(should be 0)")
 
 
 def check_stable_generator_loss(fn: Callable[[Tensor], Tensor], kind: str = "minimax") -> bool:
@@ -612,7 +382,8 @@ def check_stable_generator_loss(fn: Callable[[Tensor], Tensor], kind: str = "min
         ref = generator_loss(ref_x, kind=kind)
         ref.backward()
         if not torch.isfinite(value) or not torch.isfinite(x.grad).all():
-            return verdict(False, f"not finite at logits {x.detach().tolist()}: value {value.item()}, gradients {x.grad.tolist()}")
+            return verdict(False, f"not finite at logits {x.detach().tolist()}: value {value.item()}, "
+                                  f"gradients {x.grad.tolist()}")
         if not torch.allclose(value.double(), ref, atol=1e-6, rtol=1e-6):
             return verdict(False, f"wrong value: expected {ref.item():.6f} for the {kind} loss, got {value.item():.6f}")
         if not torch.allclose(x.grad, ref_x.grad, atol=1e-6, rtol=1e-6):

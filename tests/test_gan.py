@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from companion import gan
+from companion import diffaugment, gan, gan_networks
 from companion.divergences import js_divergence
 from companion.recipes import gan as recipe
 
@@ -280,7 +280,7 @@ def test_clip_weights_bounds_every_parameter():
 
 def test_spectral_norm_makes_the_top_singular_value_one():
     torch.manual_seed(0)
-    disc = gan.apply_spectral_norm(gan.ToyDiscriminator(hidden=32))
+    disc = gan.apply_spectral_norm(gan_networks.ToyDiscriminator(hidden=32))
     x = torch.randn(64, 2)
     for _ in range(30):  # one power iteration per training forward pass
         disc(x)
@@ -296,7 +296,8 @@ def test_spectral_norm_makes_the_top_singular_value_one():
 
 @pytest.mark.parametrize("n_classes", [0, 8])
 def test_toy_models_map_shapes(n_classes):
-    g, d = gan.ToyGenerator(2, 32, n_classes=n_classes), gan.ToyDiscriminator(2, 32, n_classes=n_classes)
+    g = gan_networks.ToyGenerator(2, 32, n_classes=n_classes)
+    d = gan_networks.ToyDiscriminator(2, 32, n_classes=n_classes)
     y = torch.arange(5) % 8 if n_classes else None
     x = g(torch.randn(5, 2), y)
     assert x.shape == (5, 2)
@@ -304,9 +305,9 @@ def test_toy_models_map_shapes(n_classes):
 
 
 @pytest.mark.parametrize("cls_g, cls_d, kw", [
-    (gan.MLPGenerator, gan.MLPDiscriminator, {}),
-    (gan.DCGANGenerator, gan.DCGANDiscriminator, {}),
-    (gan.DCGANGenerator, gan.DCGANDiscriminator, {"self_attention": True}),
+    (gan_networks.MLPGenerator, gan_networks.MLPDiscriminator, {}),
+    (gan_networks.DCGANGenerator, gan_networks.DCGANDiscriminator, {}),
+    (gan_networks.DCGANGenerator, gan_networks.DCGANDiscriminator, {"self_attention": True}),
 ])
 @pytest.mark.parametrize("n_classes", [0, 10])
 def test_image_models_make_28x28_images_in_minus_one_one(cls_g, cls_d, kw, n_classes):
@@ -323,27 +324,27 @@ def test_image_models_make_28x28_images_in_minus_one_one(cls_g, cls_d, kw, n_cla
 
 def test_models_reject_bad_inputs():
     with pytest.raises(ValueError, match=r"z must have shape \(B, 16\)"):
-        gan.MLPGenerator(latent_dim=16)(torch.randn(3, 8))
+        gan_networks.MLPGenerator(latent_dim=16)(torch.randn(3, 8))
     with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
-        gan.DCGANDiscriminator()(torch.randn(3, 1, 32, 32))
+        gan_networks.DCGANDiscriminator()(torch.randn(3, 1, 32, 32))
     with pytest.raises(ValueError, match="conditional"):
-        gan.ToyGenerator(n_classes=8)(torch.randn(3, 2))
+        gan_networks.ToyGenerator(n_classes=8)(torch.randn(3, 2))
     with pytest.raises(ValueError, match="unconditional"):
-        gan.ToyDiscriminator()(torch.randn(3, 2), torch.zeros(3, dtype=torch.long))
+        gan_networks.ToyDiscriminator()(torch.randn(3, 2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 8\)"):
-        gan.ToyDiscriminator(n_classes=8)(torch.randn(3, 2), torch.tensor([0, 8, 1]))
+        gan_networks.ToyDiscriminator(n_classes=8)(torch.randn(3, 2), torch.tensor([0, 8, 1]))
 
 
 def test_conditional_discriminator_depends_on_the_label():
     torch.manual_seed(0)
-    d = gan.ToyDiscriminator(hidden=16, n_classes=4)
+    d = gan_networks.ToyDiscriminator(hidden=16, n_classes=4)
     x = torch.randn(4, 2)
     assert not torch.allclose(d(x, torch.zeros(4, dtype=torch.long)), d(x, torch.ones(4, dtype=torch.long)))
 
 
 def test_self_attention_starts_as_identity_and_attends_with_a_distribution():
     torch.manual_seed(0)
-    sa = gan.SelfAttention2d(16)
+    sa = gan_networks.SelfAttention2d(16)
     x = torch.randn(2, 16, 5, 7)
     y, beta = sa(x, return_attention=True)
     torch.testing.assert_close(y, x)  # gamma = 0 at initialisation
@@ -355,7 +356,7 @@ def test_self_attention_starts_as_identity_and_attends_with_a_distribution():
 
 
 def test_gan_sample_is_reproducible_and_cycles_labels():
-    model = gan.GAN(gan.ToyGenerator(n_classes=8), gan.ToyDiscriminator(n_classes=8))
+    model = gan_networks.GAN(gan_networks.ToyGenerator(n_classes=8), gan_networks.ToyDiscriminator(n_classes=8))
     a = model.sample(16, generator=torch.Generator().manual_seed(0))
     b = model.sample(16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b)
@@ -379,6 +380,93 @@ def test_checkers_accept_right_answers_and_reject_wrong_ones(capsys):
     assert not gan.check_hinge_losses(lambda r, f: gan.wasserstein_losses(r, f))
     out = capsys.readouterr().out
     assert out.count("Correct:") == 5 and out.count("Not yet:") == 5
+
+
+# ------------------------------------------------------------------------- DiffAugment
+
+
+@pytest.mark.parametrize("policy", ["", "brightness", "contrast", "translation", "cutout", "translation,cutout",
+                                    "brightness,contrast,translation,cutout"])
+def test_diff_augment_keeps_shapes_and_is_pure(policy):
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    before = x.clone()
+    y = diffaugment.diff_augment(x, policy, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    torch.testing.assert_close(x, before)  # x is not modified
+    if not policy:
+        assert y is x
+
+
+@pytest.mark.parametrize("policy", ["brightness", "contrast", "translation", "cutout",
+                                    "brightness,contrast,translation,cutout"])
+def test_diff_augment_is_differentiable_back_to_the_generator(policy):
+    torch.manual_seed(0)
+    g = gan_networks.DCGANGenerator(latent_dim=8, base=8)
+    fake = g(torch.randn(4, 8))
+    fake.retain_grad()
+    out = diffaugment.diff_augment(fake, policy, torch.Generator().manual_seed(1), fill=-1.0)
+    (out * torch.randn_like(out)).sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in g.parameters() if p.requires_grad)
+    assert sum(p.grad.abs().sum() for p in g.parameters()) > 0
+
+
+def test_diff_augment_translation_moves_a_pixel_by_the_drawn_offset_with_zero_padding():
+    x = torch.zeros(200, 1, 28, 28)
+    x[:, 0, 1, 26] = 1.0  # near the top-right corner: large shifts push it out of the image
+    y = diffaugment.diff_augment(x, "translation", torch.Generator().manual_seed(3))
+    # the offsets drawn for this seed: the same draws as in the function, dy then dx in [-4, 4]
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randint(-4, 5, (200,), generator=g)
+    dx = torch.randint(-4, 5, (200,), generator=g)
+    for b in range(200):
+        r, c = 1 + int(dy[b]), 26 + int(dx[b])
+        expected = torch.zeros(28, 28)
+        if 0 <= r < 28 and 0 <= c < 28:
+            expected[r, c] = 1.0
+        torch.testing.assert_close(y[b, 0], expected)  # moved, or gone: nothing wraps around
+    assert (y.sum((1, 2, 3)) == 0).any() and (y.sum((1, 2, 3)) == 1).any()
+    # a constant image: the uncovered border is zero padding (or the given fill)
+    ones = diffaugment.diff_augment(torch.ones(50, 1, 28, 28), "translation", torch.Generator().manual_seed(4),
+                                    fill=-1.0)
+    assert set(ones.unique().tolist()) <= {-1.0, 1.0} and (ones == -1).any()
+
+
+def test_diff_augment_cutout_blanks_one_square():
+    y = diffaugment.diff_augment(torch.ones(20, 1, 28, 28), "cutout", torch.Generator().manual_seed(0))
+    for b in range(20):
+        rows, cols = torch.nonzero(y[b, 0] == 0, as_tuple=True)
+        assert len(rows) > 0 and len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert rows.max() - rows.min() + 1 <= 14 and cols.max() - cols.min() + 1 <= 14
+
+
+def test_diff_augment_same_seed_same_augmentation():
+    x = torch.rand(8, 1, 28, 28)
+    policy = "brightness,contrast,translation,cutout"
+    a = diffaugment.diff_augment(x, policy, torch.Generator().manual_seed(7))
+    b = diffaugment.diff_augment(x, policy, torch.Generator().manual_seed(7))
+    c = diffaugment.diff_augment(x, policy, torch.Generator().manual_seed(8))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("bad", ["saturation", "translation,flip", "cutout, rotate"])
+def test_diff_augment_rejects_an_unknown_policy_by_name(bad):
+    name = [p.strip() for p in bad.split(",") if p.strip() not in diffaugment.DIFF_AUGMENT_POLICIES][0]
+    with pytest.raises(ValueError, match=f"'{name}'.*allowed: brightness, contrast, translation, cutout"):
+        diffaugment.diff_augment(torch.zeros(1, 1, 28, 28), bad)
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        recipe.Config(data="mnist", diffaugment=bad)
+
+
+def test_recipe_diffaugment_needs_images_and_trains_on_mnist(mnist):
+    with pytest.raises(ValueError, match="mnist"):
+        recipe.Config(data="ring", diffaugment="translation")
+
+    cfg = recipe.Config(data="mnist", arch="dcgan", steps=2, hidden=64, batch_size=16, diffaugment="translation,cutout")
+    model = recipe.build_model(cfg)
+    history = recipe.train(cfg, model, progress=False)
+    assert all(math.isfinite(v) for v in history["d_loss"] + history["g_loss"])
 
 
 # ------------------------------------------------------------------------- recipe
@@ -431,6 +519,33 @@ def test_recipe_same_seed_same_result():
     assert ha["g_loss"] == hb["g_loss"]
     torch.testing.assert_close(recipe.sample(cfg, a, 8, torch.Generator().manual_seed(0)),
                                recipe.sample(cfg, b, 8, torch.Generator().manual_seed(0)))
+
+
+def test_recipe_g_ema_replaces_the_generator_by_the_moving_average_of_its_weights():
+    from dataclasses import replace
+
+    cfg = recipe.Config(steps=6, hidden=16, batch_size=32)
+    plain, averaged = recipe.build_model(cfg), recipe.build_model(replace(cfg, g_ema=0.9))
+    trajectory = []  # G's weights after every step of the run without averaging
+
+    def record(i, history):
+        trajectory.append([p.detach().clone() for p in plain.generator.parameters()])
+
+    recipe.train(cfg, plain, progress=False, callback=record)
+    recipe.train(replace(cfg, g_ema=0.9), averaged, progress=False)
+    # the averaging does not change training: same discriminator
+    for p, q in zip(plain.discriminator.parameters(), averaged.discriminator.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    init = [p.detach().clone() for p in recipe.build_model(cfg).generator.parameters()]
+    ema = init
+    for i, weights in enumerate(trajectory):
+        decay = min(0.9, (1 + i) / (10 + i))
+        ema = [decay * e + (1 - decay) * w for e, w in zip(ema, weights, strict=True)]
+    for p, e in zip(averaged.generator.parameters(), ema, strict=True):
+        torch.testing.assert_close(p, e)
+    assert recipe.resolve(cfg).g_ema == 0.0
+    with pytest.raises(ValueError, match="g_ema"):
+        recipe.Config(g_ema=1.0)
 
 
 @pytest.mark.slow

@@ -33,6 +33,8 @@ LAYERS: dict[str, int] = {
     "gpt": 1,
     "bert": 1,
     "gan": 1,
+    "gan_networks": 1,
+    "diffaugment": 1,
     "vae": 1,
     "vqvae": 1,
     "linear_gaussian": 1,

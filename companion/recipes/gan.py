@@ -31,6 +31,8 @@ from torch import Tensor
 
 from companion import distributed
 from companion import gan as G
+from companion import gan_networks as N
+from companion.diffaugment import diff_augment, parse_diff_augment_policy
 from companion.toy2d import mode_coverage, ring_centers, sample_ring
 from companion.train import History, train_loop
 
@@ -43,8 +45,8 @@ DATA = ("ring", "mnist")
 ARCHS = ("mlp", "dcgan")
 
 DEFAULTS = {
-    "ring": {"latent_dim": 2, "hidden": 128, "batch_size": 256, "steps": 2000},
-    "mnist": {"latent_dim": 64, "hidden": 256, "batch_size": 64, "steps": 3000},
+    "ring": {"latent_dim": 2, "hidden": 128, "batch_size": 256, "steps": 2000, "g_ema": 0.0},
+    "mnist": {"latent_dim": 64, "hidden": 256, "batch_size": 64, "steps": 3000, "g_ema": 0.0},
 }
 
 
@@ -73,6 +75,12 @@ class Config:
         n_modes, ring_radius, ring_std: the ring mixture (K, r, sigma).
         n_eval: samples drawn by ``evaluate``.
         seed: seeds the initialisation, the data order and the noise.
+        diffaugment: DiffAugment policy (MNIST only), comma-separated from ``brightness``, ``contrast``,
+            ``translation``, ``cutout``: the same random differentiable augmentation of real and
+            generated images before D, in the D and the G step; empty = off.
+        g_ema: decay of an exponential moving average of the generator's weights, updated after every
+            generator step, that replaces them at the end of training (0 = off) (default 0 ring, MNIST
+            see ``DEFAULTS``).
     """
 
     data: str = "ring"
@@ -97,6 +105,8 @@ class Config:
     ring_std: float = 0.1
     n_eval: int = 2500
     seed: int = 0
+    diffaugment: str = ""
+    g_ema: float | None = None
 
     def __post_init__(self):
         if self.data not in DATA:
@@ -106,7 +116,8 @@ class Config:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHS}")
         if self.self_attention and not (self.data == "mnist" and self.arch == "dcgan"):
-            raise ValueError("self_attention needs data='mnist' and arch='dcgan' (attention over feature-map positions)")
+            raise ValueError("self_attention needs data='mnist' and arch='dcgan' "
+                             "(attention over feature-map positions)")
         for name in ("batch_size", "latent_dim", "hidden", "n_critic"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -115,6 +126,11 @@ class Config:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.gp_weight is not None and self.gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
+        if self.g_ema is not None and not 0.0 <= self.g_ema < 1.0:
+            raise ValueError(f"g_ema must be in [0, 1), got {self.g_ema}")
+        parse_diff_augment_policy(self.diffaugment)  # ValueError naming a bad policy
+        if self.diffaugment and self.data != "mnist":
+            raise ValueError(f"diffaugment needs data='mnist' (image augmentations); got data={self.data!r}")
         if self.n_eval < 1 or self.n_modes < 1:
             raise ValueError(f"n_eval and n_modes must be >= 1, got {self.n_eval} and {self.n_modes}")
 
@@ -134,33 +150,34 @@ def resolve(cfg: Config) -> Config:
     return replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None})
 
 
-def build_model(cfg: Config) -> G.GAN:
+def build_model(cfg: Config) -> N.GAN:
     """A :class:`companion.gan.GAN` (generator + discriminator) for ``cfg``, initialised from ``cfg.seed``."""
     cfg = resolve(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.data == "ring":
         k = cfg.n_modes if cfg.conditional else 0
-        gen = G.ToyGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
-        disc = G.ToyDiscriminator(2, cfg.hidden, n_classes=k)
+        gen = N.ToyGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
+        disc = N.ToyDiscriminator(2, cfg.hidden, n_classes=k)
     else:
         k = 10 if cfg.conditional else 0
         if cfg.arch == "mlp":
-            gen = G.MLPGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
-            disc = G.MLPDiscriminator(cfg.hidden, n_classes=k)
+            gen = N.MLPGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
+            disc = N.MLPDiscriminator(cfg.hidden, n_classes=k)
         else:
             base = max(8, cfg.hidden // 8)
-            gen = G.DCGANGenerator(cfg.latent_dim, base, n_classes=k, self_attention=cfg.self_attention)
-            disc = G.DCGANDiscriminator(base, n_classes=k, self_attention=cfg.self_attention)
+            gen = N.DCGANGenerator(cfg.latent_dim, base, n_classes=k, self_attention=cfg.self_attention)
+            disc = N.DCGANDiscriminator(base, n_classes=k, self_attention=cfg.self_attention)
     if cfg.spectral_norm:
         G.apply_spectral_norm(disc)
-    return G.GAN(gen, disc)
+    return N.GAN(gen, disc)
 
 
 def _real_batches(cfg: Config, gen: torch.Generator):
     """Infinite iterator of (x, y) real batches; y is None for unconditional runs."""
     if cfg.data == "ring":
         while True:
-            x, y = sample_ring(cfg.batch_size, cfg.n_modes, cfg.ring_radius, cfg.ring_std, generator=gen, return_labels=True)
+            x, y = sample_ring(cfg.batch_size, cfg.n_modes, cfg.ring_radius, cfg.ring_std, generator=gen,
+                               return_labels=True)
             yield x, (y if cfg.conditional else None)
     from companion.data import load_mnist
 
@@ -172,7 +189,15 @@ def _real_batches(cfg: Config, gen: torch.Generator):
         yield x, (y if cfg.conditional else None)
 
 
-def _d_loss(cfg: Config, model: G.GAN, x: Tensor, y: Tensor | None, fake: Tensor, y_fake: Tensor | None,
+def _augment(cfg: Config, x: Tensor, gen: torch.Generator) -> Tensor:
+    """DiffAugment of a batch of images in [-1, 1] (identity when ``cfg.diffaugment`` is empty).
+
+    Padding and cut-outs take the background value -1.
+    """
+    return diff_augment(x, cfg.diffaugment, gen, fill=-1.0) if cfg.diffaugment else x
+
+
+def _d_loss(cfg: Config, model: N.GAN, x: Tensor, y: Tensor | None, fake: Tensor, y_fake: Tensor | None,
             gen: torch.Generator, D=None) -> tuple[Tensor, Tensor]:
     """Discriminator loss for one batch; returns (loss, D's detached scores on the real batch).
 
@@ -180,6 +205,7 @@ def _d_loss(cfg: Config, model: G.GAN, x: Tensor, y: Tensor | None, fake: Tensor
     """
     D = model.discriminator if D is None else D
     cond = y is not None
+    x, fake = _augment(cfg, x, gen), _augment(cfg, fake, gen)
     real_s = D(x, y) if cond else D(x)
     fake_s = D(fake, y_fake) if cond else D(fake)
     if cfg.loss in ("ns", "minimax", "dragan"):
@@ -210,7 +236,7 @@ def _g_loss(cfg: Config, real_s: Tensor, fake_s: Tensor) -> Tensor:
     return G.hinge_losses(real_s, fake_s)[1]
 
 
-def train(cfg: Config, model: G.GAN, *, progress: bool = True, callback=None) -> History:
+def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) -> History:
     """Alternate ``n_critic`` discriminator steps (D maximises its objective) and one generator step.
 
     Records ``d_loss`` and ``g_loss`` per generator step. ``callback(i, history)`` runs after
@@ -227,6 +253,9 @@ def train(cfg: Config, model: G.GAN, *, progress: bool = True, callback=None) ->
         opt_g = torch.optim.Adam(Gn.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     batches = _real_batches(cfg, gen)
     n_classes = model.n_classes
+    # Polyak averaging of G: a moving average of its weights, copied into G at the end of training
+    g_params = list(Gn.parameters())
+    ema = [p.detach().clone() for p in g_params] if cfg.g_ema else None
     model.train()
     # under torchrun: DDP wrappers that average the gradients over the ranks (on one process: D and Gn)
     D_net, G_net = distributed.data_parallel(D), distributed.data_parallel(Gn)
@@ -248,20 +277,30 @@ def train(cfg: Config, model: G.GAN, *, progress: bool = True, callback=None) ->
             if cfg.loss == "wgan":
                 G.clip_weights_(D, cfg.clip_value)
         fake, y_fake = fake_batch(cfg.batch_size)
+        fake = _augment(cfg, fake, gen)  # differentiable: G's gradient passes through the augmentation
         fake_s = D_net(fake, y_fake) if n_classes else D_net(fake)
         g_loss = _g_loss(cfg, real_s, fake_s)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
+        if ema is not None:  # with a warm-up, so that the average forgets the random initialisation quickly
+            decay = min(cfg.g_ema, (1 + i) / (10 + i))
+            with torch.no_grad():
+                for e, p in zip(ema, g_params, strict=True):
+                    e.lerp_(p, 1.0 - decay)
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     desc = f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
     history = train_loop(step, cfg.steps, desc=desc, progress=progress and distributed.is_main(), callback=callback)
+    if ema is not None and cfg.steps > 0:
+        with torch.no_grad():
+            for p, e in zip(g_params, ema, strict=True):
+                p.copy_(e)
     model.eval()
     return history
 
 
-def sample(cfg: Config, model: G.GAN, n: int, generator: torch.Generator | None = None,
+def sample(cfg: Config, model: N.GAN, n: int, generator: torch.Generator | None = None,
            labels: Tensor | None = None) -> Tensor:
     """n samples: ring (n, 2); MNIST (n, 1, 28, 28) in [0, 1]. Conditional models cycle labels k mod K by default."""
     cfg = resolve(cfg)
@@ -270,7 +309,7 @@ def sample(cfg: Config, model: G.GAN, n: int, generator: torch.Generator | None 
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, model: G.GAN) -> dict[str, float]:
+def evaluate(cfg: Config, model: N.GAN) -> dict[str, float]:
     """Quality figures on ``n_eval`` samples (seeded by ``cfg.seed``).
 
     Ring: ``modes_captured``, ``high_quality_fraction``, ``kl_to_uniform`` (and
@@ -300,7 +339,7 @@ def config_dict(cfg: Config) -> dict:
     return asdict(resolve(cfg))
 
 
-def snapshot_callback(cfg: Config, model: G.GAN, every: int, n: int = 500, seed: int = 0):
+def snapshot_callback(cfg: Config, model: N.GAN, every: int, n: int = 500, seed: int = 0):
     """A ``train`` callback that records ring samples from fixed noise every ``every`` steps.
 
     After step 1 and after every ``every``-th step it stores into the history the step
@@ -339,7 +378,7 @@ def snapshots(history: History) -> list[tuple[int, Tensor]]:
     if not steps:
         return []
     xy = torch.tensor([history.metrics["snapshot_x"], history.metrics["snapshot_y"]]).T
-    return list(zip(steps, xy.reshape(len(steps), -1, 2)))
+    return list(zip(steps, xy.reshape(len(steps), -1, 2), strict=True))
 
 
 VARIANTS: dict[str, dict] = {
