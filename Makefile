@@ -16,6 +16,12 @@ INSTALLED   := $(VENV)/.installed
 OFFLINE     := _offline/.installed
 PY_SOURCES  := $(wildcard companion/*.py)
 
+# OpenMP threads that wait passively (sleep) instead of spinning: on a busy machine a spinning
+# thread burns the core that the thread it waits for needs, and small models then run 5x slower
+# than on one thread (README, "A busy machine"). Override with OMP_WAIT_POLICY=ACTIVE.
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
+
 .PHONY: book test env clean help
 
 help:
@@ -29,7 +35,7 @@ $(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test]"
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --env OMP_WAIT_POLICY $(OMP_WAIT_POLICY) >/dev/null
 	touch $@
 
 # MathJax and the widget manager, served by the site itself (html_extra_path: _offline).

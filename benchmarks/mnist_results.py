@@ -6,9 +6,10 @@
 
 For each model (:data:`BUDGETS`: config and training budget) the script trains it through its
 recipe (the same code as the notebooks and ``python -m companion train``), timing the training
-loop, then evaluates it with :func:`companion.cli.evaluate_model`: 2,000 samples (digits 0-9
-cycling for conditional models) against the first 2,000 test images, scored with the metrics
-classifier of :mod:`companion.metrics` (feature FID, classifier inception score, class coverage,
+loop, then evaluates it with :func:`companion.runs.evaluate_model`: 2,000 samples (digits 0-9
+cycling for conditional models) against 2,000 random test images, the same for every model
+(:func:`companion.runs.reference_images`), scored with the metrics classifier
+(:func:`companion.recipes.classifier.mnist_classifier`; feature FID, classifier inception score, class coverage,
 KL of the class histogram to uniform, label accuracy), and for the VAEs the IWAE bound on the
 NLL of those test images (k = 256). The first row is the real-vs-real baseline
 (:func:`companion.runs.real_baseline`): FID of random training images against the test
@@ -36,10 +37,9 @@ from pathlib import Path
 import torch
 from provenance import provenance
 
-from companion.cli import MODELS, data_tag, evaluate_model, make_config, train_model
 from companion.metrics import NOT_COMPARABLE_TO_PAPERS
 from companion.recipes.classifier import mnist_classifier
-from companion.runs import real_baseline
+from companion.runs import MODELS, data_tag, evaluate_model, make_config, real_baseline, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "mnist_results"

@@ -1,4 +1,4 @@
-"""Tests of the command-line trainer ``python -m companion`` (companion.cli)."""
+"""Tests of the command-line trainer ``python -m companion`` (companion.cli over the library companion.runs)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion import cli
+from companion import cli, runs
 from companion.classifiers import MNISTClassifier
 from companion.recipes import classifier as classifier_recipe
 
@@ -52,11 +52,11 @@ def mnist_env(monkeypatch, tmp_path):
 @pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
 def test_every_subcommand_and_model_has_help(command, capsys):
     code, out, _ = run([command, "--help"], capsys)
-    assert code == 0 and all(name in out for name in cli.MODELS)
-    for name, spec in cli.MODELS.items():
+    assert code == 0 and all(name in out for name in runs.MODELS)
+    for name, spec in runs.MODELS.items():
         try:
             spec.load()
-        except cli.CLIError:
+        except runs.RunError:
             continue  # a recipe that is not written yet: its help says so
         code, out, _ = run([command, name, "--help"], capsys)
         assert code == 0 and "usage: python -m companion" in out, (command, name)
@@ -69,8 +69,8 @@ def test_every_subcommand_and_model_has_help(command, capsys):
 def test_unknown_model_is_a_clear_error_with_status_2(capsys):
     code, _, err = run(["train", "stylegan"], capsys)
     assert code == 2 and "invalid choice: 'stylegan'" in err and "vae" in err
-    with pytest.raises(cli.CLIError, match="unknown model 'stylegan'"):
-        cli.make_config("stylegan")
+    with pytest.raises(cli.CLIError, match="unknown model 'stylegan'"):  # CLIError: an alias of runs.RunError
+        runs.make_config("stylegan")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -85,7 +85,7 @@ def test_unknown_model_is_a_clear_error_with_status_2(capsys):
 ])
 def test_invalid_numbers_are_clear_errors_with_status_2(argv, message, capsys, tmp_path):
     if argv[1] != "classifier":
-        pytest.importorskip(cli.MODELS[argv[1]].recipe)
+        pytest.importorskip(runs.MODELS[argv[1]].recipe)
     code, _, err = run([*argv, "--out", tmp_path] if argv[0] == "train" else argv, capsys)
     assert code == 2 and message in err, err
 
@@ -109,14 +109,20 @@ def test_a_file_that_is_not_our_checkpoint_is_refused(capsys, tmp_path):
 def test_config_options_follow_the_recipe_fields():
     pytest.importorskip("companion.recipes.vae")
     pytest.importorskip("companion.recipes.gan")
-    cfg = cli.make_config("vae", {"hidden": [64, 32], "z_dim": 4})
+    cfg = runs.make_config("vae", {"hidden": [64, 32], "z_dim": 4})
     assert cfg.family == "vae" and cfg.hidden == [64, 32] and cfg.z_dim == 4
-    gan = cli.make_config("cgan")
+    gan = runs.make_config("cgan")
     assert (gan.data, gan.arch, gan.conditional, gan.loss) == ("mnist", "dcgan", True, "ns")
-    with pytest.raises(cli.CLIError, match="fixed"):
-        cli.make_config("vae", {"family": "cvae"})
-    with pytest.raises(cli.CLIError, match="unknown config field"):
-        cli.make_config("vae", {"depth": 3})
+    for name in ("gan", "dcgan"):  # the unconditional GANs' measured defaults differ from the recipe's
+        cfg = runs.make_config(name)
+        assert (cfg.lr_g, cfg.lr_d) == (1e-3, 1e-3)
+        assert runs.make_config(name, {"g_ema": 0.5, "steps": 5}).g_ema == 0.5
+    assert runs.make_config("gan").g_ema == 0.999 and runs.make_config("gan").steps == 6000
+    assert runs.make_config("cvae").z_dim == 4 and runs.make_config("vae").z_dim == 20
+    with pytest.raises(runs.RunError, match="fixed"):
+        runs.make_config("vae", {"family": "cvae"})
+    with pytest.raises(runs.RunError, match="unknown config field"):
+        runs.make_config("vae", {"depth": 3})
     parse, kind = cli._parser_for(list[int])
     assert kind == "value" and parse("512, 256") == [512, 256]
     parse, _ = cli._parser_for(int | None)
@@ -132,18 +138,18 @@ def test_checkpoint_round_trip_gives_identical_outputs_and_loads_weights_only(tm
 
     cfg = recipe.Config(hidden=32, seed=3)
     model = recipe.build_model(cfg).eval()
-    path = cli.save_checkpoint(tmp_path / "run" / "checkpoint.pt", model_name="classifier", cfg=cfg, model=model,
-                               steps=5, history={"loss": [2.0, 1.5]}, seconds=1.25)
+    path = runs.save_checkpoint(tmp_path / "run" / "checkpoint.pt", model_name="classifier", cfg=cfg, model=model,
+                                steps=5, history={"loss": [2.0, 1.5]}, seconds=1.25)
     raw = torch.load(path, weights_only=True)  # plain data only: no pickled code can run
     assert raw["steps"] == 5 and raw["config"]["hidden"] == 32 and raw["history"]["loss"] == [2.0, 1.5]
     assert json.loads((path.parent / "config.json").read_text())["config"] == raw["config"]
-    spec, cfg2, model2, _ = cli.load_model(path, "classifier")
+    spec, cfg2, model2, _ = runs.load_model(path, "classifier")
     assert cfg2 == cfg and not model2.training
     x = torch.rand(6, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(model2(x), model(x), rtol=0, atol=0)
-    with pytest.raises(cli.CLIError, match="holds a 'classifier' model, not 'vae'"):
-        cli.load_checkpoint(path, "vae")
+    with pytest.raises(runs.RunError, match="holds a 'classifier' model, not 'vae'"):
+        runs.load_checkpoint(path, "vae")
 
 
 class Payload:
@@ -152,9 +158,9 @@ class Payload:
 
 def test_weights_only_loading_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"format": cli.CHECKPOINT_FORMAT, "model": "vae", "payload": Payload()}, path)
-    with pytest.raises(cli.CLIError, match="cannot read checkpoint"):
-        cli.load_checkpoint(path)
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": "vae", "payload": Payload()}, path)
+    with pytest.raises(runs.RunError, match="cannot read checkpoint"):
+        runs.load_checkpoint(path)
 
 
 # ------------------------------------------------------------------ end to end
@@ -171,7 +177,7 @@ def test_train_resume_sample_and_evaluate_the_classifier(mnist_env, capsys):
     assert first["steps"] == 4 and 0 <= first["eval"]["accuracy"] <= 1 and "replica_checksums" in first
     code, _, err = run([*args, "--resume", "--epochs", "2"], capsys)
     assert code == 0, err
-    ckpt = cli.load_checkpoint(out / "checkpoint.pt", "classifier")
+    ckpt = runs.load_checkpoint(out / "checkpoint.pt", "classifier")
     assert ckpt["steps"] == 4 + 8 and len(ckpt["history"]["loss"]) == 12
     assert [s["seed"] for s in ckpt["segments"]] == [0, 1] and ckpt["config"]["epochs"] == 2
     code, _, err = run(["sample", "classifier", "--checkpoint", out / "checkpoint.pt"], capsys)
@@ -183,7 +189,7 @@ def test_train_resume_sample_and_evaluate_the_classifier(mnist_env, capsys):
 
 
 def ckpt_accuracy(out: Path) -> float:
-    _, cfg, model, _ = cli.load_model(out / "checkpoint.pt")
+    _, cfg, model, _ = runs.load_model(out / "checkpoint.pt")
     from companion.recipes import classifier as recipe
 
     return recipe.evaluate(cfg, model)["accuracy"]
@@ -195,7 +201,7 @@ def ckpt_accuracy(out: Path) -> float:
     ("cgan", ["--steps", "2", "--batch-size", "16", "--hidden", "64", "--n-eval", "50"]),
 ])
 def test_train_sample_evaluate_an_image_model(model, extra, mnist_env, capsys, monkeypatch):
-    pytest.importorskip(cli.MODELS[model].recipe)
+    pytest.importorskip(runs.MODELS[model].recipe)
     # an untrained classifier stands in for the cached one (training it is another test's job)
     clf = MNISTClassifier().eval()
     clf.test_accuracy = 0.0
@@ -244,7 +250,7 @@ def test_gpt_resumes_exactly_from_its_saved_optimizer_state(capsys, monkeypatch,
     small = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
              "--warmup-steps", "2", "--max-steps", "6", "--no-progress", "--no-eval"]
     # run 6 steps, saving every 3; keep a copy of the step-3 checkpoint, as if the run had died there
-    original = cli.save_checkpoint
+    original = runs.save_checkpoint
 
     def save_and_keep(path, **kwargs):
         out = original(path, **kwargs)
@@ -253,13 +259,13 @@ def test_gpt_resumes_exactly_from_its_saved_optimizer_state(capsys, monkeypatch,
             shutil.copy(out, tmp_path / "mid" / "checkpoint.pt")
         return out
 
-    monkeypatch.setattr(cli, "save_checkpoint", save_and_keep)
+    monkeypatch.setattr(runs, "save_checkpoint", save_and_keep)
     code, _, err = run(["train", "gpt", *small, "--save-every", "3", "--out", tmp_path / "full"], capsys)
     assert code == 0, err
     code, _, err = run(["train", "gpt", "--out", tmp_path / "mid", "--resume", "--no-progress", "--no-eval"], capsys)
     assert code == 0, err
-    a = cli.load_checkpoint(tmp_path / "mid" / "checkpoint.pt", "gpt")
-    b = cli.load_checkpoint(tmp_path / "full" / "checkpoint.pt", "gpt")
+    a = runs.load_checkpoint(tmp_path / "mid" / "checkpoint.pt", "gpt")
+    b = runs.load_checkpoint(tmp_path / "full" / "checkpoint.pt", "gpt")
     assert a["steps"] == b["steps"] == 6 and len(a["history"]["loss"]) == 6
     assert a["history"]["loss"] == pytest.approx(b["history"]["loss"], rel=1e-5)
     for name, tensor in b["state_dict"].items():

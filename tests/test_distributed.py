@@ -161,7 +161,9 @@ def torchrun(tmp_path, world: int, args: list[str]) -> subprocess.CompletedProce
     env = dict(os.environ)
     if (SHARED_DATA / "mnist").exists():
         env.update(COMPANION_DATA=str(SHARED_DATA), COMPANION_OFFLINE="1", COMPANION_MNIST_FALLBACK="1")
-    env.update(COMPANION_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # never the network: the ranks run outside pytest's socket guard
+    env.update(COMPANION_CACHE=str(tmp_path / "cache"), COMPANION_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "companion", "train", *args, "--no-progress", "--no-eval"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
@@ -172,8 +174,8 @@ def torchrun(tmp_path, world: int, args: list[str]) -> subprocess.CompletedProce
 @pytest.mark.slow
 @needs_mnist
 def test_torchrun_two_cpu_ranks_end_with_identical_weights_after_the_expected_steps(tmp_path):
-    from companion.cli import load_checkpoint
     from companion.recipes import classifier as recipe
+    from companion.runs import load_checkpoint
 
     n, batch, epochs, world = 1000, 100, 2, 2
     out = tmp_path / "run"

@@ -82,3 +82,19 @@ def test_every_toc_entry_exists():
             files += [s["file"] for s in chapter.get("sections", [])]
     missing = [f for f in files if not any((ROOT / f).with_suffix(ext).exists() for ext in (".md", ".ipynb"))]
     assert not missing, f"_toc.yml names files that do not exist: {missing}"
+
+
+def test_openmp_threads_wait_passively_unless_told_otherwise():
+    """Spinning OpenMP threads make small models ~5x slower on a busy machine (README, "A busy machine")."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import companion, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"  # a user's choice wins
+    makefile = (ROOT / "Makefile").read_text()
+    assert "OMP_WAIT_POLICY ?= PASSIVE" in makefile and "--env OMP_WAIT_POLICY $(OMP_WAIT_POLICY)" in makefile
