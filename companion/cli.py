@@ -17,6 +17,12 @@ the step count and the history, so they load with ``torch.load(path, weights_onl
 which cannot run code hidden in a file; the config is also written as readable JSON
 (``config.json``) beside it.
 
+Quality over training: ``train MODEL --eval-every 500`` (MNIST image generators) records FID, IS and
+class coverage of ``--eval-n`` samples (default 1,000) every 500 steps in the metrics JSON. ``sample gpt``
+takes ``--temperature``, ``--top-k`` and ``--top-p`` over the checkpoint's config. Output paths are checked
+before any training, sampling or evaluation; a NaN or infinite loss stops training with an error and
+keeps the last good checkpoint; JSON files are strict (non-finite numbers are written as ``null``).
+
 Resuming: ``--resume`` reloads the weights and trains one more run of the configured length.
 Recipes that expose their optimizer state (``init_state``, as the GPT recipe does) resume
 exactly where they stopped (same optimizer moments, same batches); for the others the
@@ -44,7 +50,7 @@ from types import ModuleType
 
 import torch
 
-from companion import distributed, runs
+from companion import checkpoints, distributed, runs
 from companion.plotting import save_image_grid
 from companion.runs import MODELS, ModelSpec, RunError
 
@@ -213,6 +219,13 @@ def _add_command_options(command: str, p: argparse.ArgumentParser, spec: ModelSp
         except RunError as exc:
             p.description = f"{p.description}\n\nUNAVAILABLE: {exc}"
             return
+        fields = {f.name for f in dataclasses.fields(recipe.Config)}
+        if "eval_every" not in fields:  # the GPT recipe's own --eval-every estimates its validation loss
+            p.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
+                           help="MNIST image generators: record FID, IS and class coverage of --eval-n samples "
+                                "every STEPS steps in the metrics JSON (\"quality\")")
+            p.add_argument("--eval-n", type=int, default=1000, metavar="N",
+                           help="samples (and reference test images) of each --eval-every evaluation")
         _add_config_options(p, spec, recipe)
         return
     p.add_argument("--checkpoint", type=Path, default=Path("runs") / spec.name / "checkpoint.pt",
@@ -225,6 +238,7 @@ def _add_command_options(command: str, p: argparse.ArgumentParser, spec: ModelSp
                        help="output file: .png (image grid) or .txt (text); unset: samples.png or .txt beside "
                             "the checkpoint")
         p.add_argument("--tensor", type=Path, default=None, help="also save the raw samples with torch.save")
+        _add_sampling_options(p, spec)
         if spec.conditional:
             p.add_argument("--digit", type=int, default=None, choices=range(10), metavar="0-9",
                            help="generate only this digit (default: 0, 1, ..., 9 cycling)")
@@ -240,18 +254,45 @@ def _add_command_options(command: str, p: argparse.ArgumentParser, spec: ModelSp
             p.add_argument("--iwae-k", type=_positive_int, default=100, help="importance samples of the NLL bound")
 
 
+SAMPLING_FIELDS = {  # config fields `sample` may override, and what they do
+    "temperature": "divide the logits by it: < 1 sharpens, > 1 flattens, 0 = greedy",
+    "top_k": "keep only the k most probable tokens (none: all)",
+    "top_p": "nucleus sampling: keep the most probable tokens up to probability p, in (0, 1] (none: all)",
+}
+
+
+def _add_sampling_options(p: argparse.ArgumentParser, spec: ModelSpec) -> None:
+    try:
+        config_cls = spec.load().Config
+    except RunError:
+        return
+    docs = _field_docs(config_cls)
+    for f, annotation in _config_fields(config_cls):
+        if f.name in SAMPLING_FIELDS:
+            text = docs.get(f.name) or SAMPLING_FIELDS[f.name]
+            help_ = f"{text} (default: the checkpoint's config)".replace("%", "%%")
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", type=_parser_for(annotation)[0],
+                           default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+
+
 # ------------------------------------------------------------------------------- commands
 
 
 def cmd_train(args) -> int:
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
     runs.train_run(args.model, overrides, args.out, resume=args.resume, save_every=args.save_every,
-                   progress=not args.no_progress, evaluate=not args.no_eval, metrics_path=args.metrics)
+                   progress=not args.no_progress, evaluate=not args.no_eval, metrics_path=args.metrics,
+                   eval_every=getattr(args, "eval_every", None), eval_n=getattr(args, "eval_n", 1000))
     return 0
 
 
 def cmd_sample(args) -> int:
-    spec, cfg, model, ckpt = runs.load_model(args.checkpoint, args.model)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    spec, cfg, model, ckpt = runs.load_model(args.checkpoint, args.model, overrides=overrides)
+    out = args.out or args.checkpoint.parent / ("samples.txt" if spec.kind == "text" else "samples.png")
+    checkpoints.check_output_file(out, "sample file (--out)")
+    if args.tensor is not None:
+        checkpoints.check_output_file(args.tensor, "tensor file (--tensor)")
     labels = None
     if spec.conditional:
         labels = (torch.full((args.num,), args.digit) if args.digit is not None else torch.arange(args.num) % 10)
@@ -262,7 +303,6 @@ def cmd_sample(args) -> int:
     except NotImplementedError as exc:
         raise RunError(f"{spec.name} cannot sample: {exc}") from exc
     text = isinstance(samples, str) or (isinstance(samples, list) and all(isinstance(s, str) for s in samples))
-    out = args.out or args.checkpoint.parent / ("samples.txt" if text else "samples.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     if text:
         items = [samples] if isinstance(samples, str) else samples
@@ -274,6 +314,7 @@ def cmd_sample(args) -> int:
     else:
         raise RunError(f"{spec.name}: do not know how to save samples of type {type(samples).__name__}")
     if args.tensor is not None:
+        args.tensor.parent.mkdir(parents=True, exist_ok=True)
         torch.save(samples if isinstance(samples, torch.Tensor) else {"text": samples}, args.tensor)
     print(f"wrote {out}")
     return 0
@@ -281,15 +322,15 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     spec, cfg, model, ckpt = runs.load_model(args.checkpoint, args.model)
+    out = args.json or args.checkpoint.parent / "eval.json"
+    checkpoints.check_output_file(out, "metrics file (--json)")
     result = runs.evaluate_model(spec, cfg, model, image_metrics=not getattr(args, "no_image_metrics", False),
                                  n=getattr(args, "n_eval", None), iwae_k=getattr(args, "iwae_k", 100),
                                  seed=args.seed)
     result["steps"] = ckpt["steps"]
     result["train_seconds"] = ckpt["seconds"]
-    out = args.json or args.checkpoint.parent / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    checkpoints.write_json(out, result)  # strict JSON: NaN and infinities are written as null
+    print(checkpoints.to_json(result, indent=2))
     print(f"wrote {out}")
     return 0
 

@@ -2,10 +2,11 @@
 
 * :data:`MODELS` names every model (a :class:`ModelSpec`: its recipe in :mod:`companion.recipes` and the
   config fields the name fixes); :func:`make_config` builds a recipe ``Config`` from a name.
-* :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_model`: checkpoints of plain data.
+* :func:`save_checkpoint`, :func:`load_checkpoint` (of :mod:`companion.checkpoints`), :func:`load_model`.
 * :func:`train_run` is ``python -m companion train``; :func:`train_model` the notebooks' cached training.
 * :func:`sample_model` and :func:`evaluate_model` draw and score samples against :func:`reference_images`,
-  next to :func:`real_baseline`. User errors raise :class:`RunError`.
+  next to :func:`real_baseline`. User errors (bad configs, missing data, checkpoints that do not fit) raise
+  :class:`RunError`. Every JSON file is strict JSON: non-finite numbers are written as ``null``.
 
 The command line (:mod:`companion.cli`) is a thin layer of argument parsing over this module.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,19 +25,14 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-from companion import distributed
+from companion import checkpoints, distributed
+from companion.checkpoints import CHECKPOINT_FORMAT, RunError, config_dict, load_checkpoint, save_checkpoint
 from companion.data import load_mnist
 from companion.metrics import image_metrics
 
 __all__ = ["MODELS", "ModelSpec", "RunError", "CHECKPOINT_FORMAT", "get_spec", "make_config", "config_dict",
            "save_checkpoint", "load_checkpoint", "load_model", "sample_model", "evaluate_model", "data_tag",
            "train_model", "train_run", "reference_images", "real_baseline"]
-
-CHECKPOINT_FORMAT = "companion-checkpoint-v1"
-
-
-class RunError(Exception):
-    """A user error (unknown model, bad config, missing or foreign checkpoint); the CLI prints it with status 2."""
 
 
 @dataclass(frozen=True)
@@ -120,69 +115,17 @@ def make_config(spec: ModelSpec | str, overrides: dict | None = None, *, base: d
         raise RunError(f"invalid {spec.name} config: {exc}") from exc
 
 
-def config_dict(cfg) -> dict:
-    """A config as plain JSON data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-
-def save_checkpoint(path: str | Path, *, model_name: str, cfg, model: nn.Module, steps: int,
-                    history: dict | None = None, seconds: float = 0.0, segments: list | None = None,
-                    train_state: dict | None = None) -> Path:
-    """Write ``state_dict`` + config (+ steps, history, timing) atomically, and ``config.json`` beside it.
-
-    The file loads with ``torch.load(path, weights_only=True)``.
-    """
-    from companion import __version__
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": CHECKPOINT_FORMAT, "model": model_name, "config": config_dict(cfg),
-            "state_dict": distributed.unwrap(model).state_dict(), "steps": int(steps), "seconds": float(seconds),
-            "history": {k: [float(v) for v in vs] for k, vs in (history or {}).items()},
-            "segments": list(segments or []), "version": __version__}
-    if train_state is not None:
-        blob["train_state"] = train_state
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written checkpoint
-    meta = {k: blob[k] for k in ("format", "model", "config", "steps", "seconds", "segments", "version")}
-    (path.parent / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return path
-
-
-def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
-    """Read a checkpoint with ``torch.load(..., weights_only=True)`` and check that it is one of ours.
-
-    Raises :class:`RunError` for a missing file, a file that is not our checkpoint, or another model's.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"checkpoint {path} does not exist" + (
-            f" (train one with: python -m companion train {model_name} --out {path.parent})" if model_name else ""))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, forbidden globals
-        raise RunError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path} is not a checkpoint written by `python -m companion train` "
-                       f"(expected format {CHECKPOINT_FORMAT!r})")
-    if model_name is not None and ckpt["model"] != model_name:
-        raise RunError(f"{path} holds a {ckpt['model']!r} model, not {model_name!r}")
-    return ckpt
-
-
-def load_model(path: str | Path, model_name: str | None = None):
-    """``(spec, cfg, model, ckpt)`` from a checkpoint: the model rebuilt by its recipe, weights loaded, in eval mode."""
+def load_model(path: str | Path, model_name: str | None = None, *, overrides: dict | None = None):
+    """``(spec, cfg, model, ckpt)`` from a checkpoint: the model rebuilt by its recipe, weights loaded, in eval mode;
+    ``overrides`` change config fields that leave the weights alone (a GPT's ``temperature``, say)."""
     ckpt = load_checkpoint(path, model_name)
     spec = MODELS.get(ckpt["model"])
     if spec is None:
         raise RunError(f"{path} holds an unknown model {ckpt['model']!r}")
-    cfg = make_config(spec, base=ckpt["config"])
-    model = spec.load().build_model(cfg)
-    model.load_state_dict(ckpt["state_dict"])
+    cfg = make_config(spec, overrides, base=ckpt["config"])
+    with checkpoints.data_errors():
+        model = spec.load().build_model(cfg)
+    checkpoints.load_weights(model, ckpt, cfg, Path(path), "the file does not match its own config (was it edited?)")
     model.eval()
     return spec, cfg, model, ckpt
 
@@ -205,7 +148,7 @@ def sample_model(name: ModelSpec | str, cfg, model, n: int, *, seed: int = 0, la
     spec = get_spec(name)
     if spec.conditional and labels is None:
         labels = torch.arange(n) % 10
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), checkpoints.data_errors():
         warnings.filterwarnings("ignore", message=".*offline fallback.*")
         return _recipe_sample(spec.load(), cfg, model, n, torch.Generator().manual_seed(seed),
                               labels if spec.conditional else None)
@@ -225,7 +168,7 @@ def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = T
     spec = get_spec(spec)
     recipe = spec.load()
     out: dict = {"model": spec.name}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), checkpoints.data_errors():
         warnings.simplefilter("ignore", UserWarning)  # the fallback warning: "fallback" is in the output
         out.update({f"recipe_{k}": v for k, v in recipe.evaluate(cfg, model).items()})
         if spec.kind != "image" or not image_metrics:
@@ -317,30 +260,80 @@ def _log(verbose: bool, *args) -> None:
         print(*args, flush=True)
 
 
+def _quality_probe(spec: ModelSpec, cfg, every: int, n: int, classifier, progress: bool):
+    """``probe(model, step, seconds) -> record``: the image metrics of ``n`` samples (own generator, inside
+    ``fork_rng``, every module's mode restored: the training's random numbers and modes are untouched)."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise RunError(f"--eval-every must be a number of steps >= 1, got {every!r}")
+    if spec.kind != "image":
+        images = ", ".join(s.name for s in MODELS.values() if s.kind == "image")
+        raise RunError(f"--eval-every records image metrics of the MNIST generators ({images}); {spec.name} is not one")
+    from companion import metrics as M
+    from companion.recipes import classifier as classifier_recipe
+
+    with warnings.catch_warnings(), checkpoints.data_errors():
+        warnings.filterwarnings("ignore", message=".*offline fallback.*")
+        n_test = load_mnist("test")[0].shape[0]
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= n_test:
+            raise RunError(f"--eval-n must be an int in [2, {n_test}] (samples scored against as many test "
+                           f"images), got {n!r}")
+        x_ref, _ = reference_images("test", n, seed=0)
+        if classifier is None:
+            with torch.random.fork_rng(devices=[]):
+                classifier = classifier_recipe.mnist_classifier(progress=progress, verbose=False)
+    labels = torch.arange(n) % 10 if spec.conditional else None
+
+    def probe(model: nn.Module, step: int, seconds: float) -> dict:
+        modes = [(m, m.training) for m in model.modules()]
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            x = sample_model(spec, cfg, model, n, seed=0)
+            found = M.image_metrics(x.float().clamp(0, 1), classifier, x_ref, labels=labels)
+        for m, mode in modes:
+            m.training = mode
+        return {"step": step, "seconds": seconds, **found}
+
+    return probe
+
+
+@checkpoints.data_errors()
 def train_run(spec: ModelSpec | str, cfg_overrides: dict | None = None, out_dir: str | Path | None = None, *,
               resume: bool = False, save_every: int | None = None, progress: bool = True, evaluate: bool = True,
-              metrics_path: str | Path | None = None, verbose: bool = True) -> dict:
+              metrics_path: str | Path | None = None, verbose: bool = True, eval_every: int | None = None,
+              eval_n: int = 1000, classifier: nn.Module | None = None) -> dict:
     """Train a model into ``out_dir`` (default ``runs/NAME``): ``python -m companion train`` as a function.
 
     Writes ``checkpoint.pt`` (and ``config.json``) at the end and every ``save_every`` steps, and returns the
     result (config, steps, seconds, ranks, final losses, the recipe's evaluation unless ``evaluate=False``),
-    also written to ``metrics_path`` (default ``out_dir/metrics.json``); only rank 0 writes. Under ``torchrun``
-    every rank calls it (the recipe must declare ``DISTRIBUTED = True``).
+    also written to ``metrics_path`` (default ``out_dir/metrics.json``, written at the end; the first checkpoint
+    a run writes removes the stale one in ``out_dir``); only rank 0 writes; output paths are checked first.
+    Under ``torchrun`` every rank calls it (the recipe must declare ``DISTRIBUTED = True``).
 
     ``resume`` reloads ``out_dir/checkpoint.pt`` (its config, updated by ``cfg_overrides``) and trains one more
     run of the configured length. Recipes that expose their optimizer state (``init_state``) continue exactly;
     for the others the optimizer starts afresh and the data order is reseeded (``seed + segment``).
+
+    A non-finite loss or weight stops the run (:class:`~companion.checkpoints.DivergenceError`, a ``RunError``)
+    and no checkpoint is written with non-finite weights: ``checkpoint.pt`` keeps the last good ones.
+
+    ``eval_every`` (MNIST image generators): every that many steps, ``eval_n`` samples scored against the reference
+    test images (:func:`reference_images`, seed 0) with ``classifier`` (default: the cached ``mnist_classifier``)
+    give a record ``{"step", "seconds" (of training), "fid", "inception_score", "coverage", "class_kl",
+    "histogram", "n"[, "label_accuracy"]}`` in ``result["quality"]``; their time is ``quality_seconds``.
     """
     from companion.train import seed_everything
 
     spec = get_spec(spec)
     recipe = spec.load()
+    out = Path("runs") / spec.name if out_dir is None else Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    metrics_file = Path(metrics_path) if metrics_path is not None else out / "metrics.json"
+    checkpoints.check_output_dir(out, "output directory (--out)")
+    checkpoints.check_output_file(ckpt_path, "checkpoint")
+    checkpoints.check_output_file(metrics_file, "metrics file (--metrics)")
     info = distributed.init()
     if info.world_size > 1 and not getattr(recipe, "DISTRIBUTED", False):
         raise RunError(f"{spec.name}: its recipe {recipe.__name__} does not support torchrun (no DISTRIBUTED = True); "
                        "run it as a single process")
-    out = Path("runs") / spec.name if out_dir is None else Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
     exact = "init_state" in vars(recipe) and "state" in inspect.signature(recipe.train).parameters
     ckpt, segments, history_before, steps_before, seconds_before = None, [], {}, 0, 0.0
     if resume:
@@ -352,13 +345,15 @@ def train_run(spec: ModelSpec | str, cfg_overrides: dict | None = None, out_dir:
         cfg = make_config(spec, cfg_overrides)
         if ckpt_path.exists():
             _log(verbose, f"note: overwriting {ckpt_path} (use --resume to continue it)")
+    probe = None if eval_every is None else _quality_probe(spec, cfg, eval_every, eval_n, classifier, progress)
     seed_everything(int(cfg.seed))
     model = recipe.build_model(cfg)
     if info.device != "cpu":
         model.to(info.device)
     state, train_cfg = None, cfg
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
+        checkpoints.load_weights(model, ckpt, cfg, ckpt_path, "--resume keeps the architecture: drop the options "
+                                 "that change it, or train a new run into another --out")
         if exact and "train_state" in ckpt:
             state = recipe.init_state(cfg, model)
             state.load_state_dict(ckpt["train_state"])
@@ -370,50 +365,68 @@ def train_run(spec: ModelSpec | str, cfg_overrides: dict | None = None, out_dir:
          + (f", segment {len(segments) + 1} (resumed at step {steps_before})" if resume else "")
          + (f" on {info.world_size} ranks ({info.backend})" if info.world_size > 1 else ""))
 
-    steps_done = 0
+    steps_done, saved_step, eval_seconds, quality = 0, None, 0.0, []
+
+    def kept() -> str:
+        return (f"{ckpt_path} keeps the last good weights, of step {saved_step}" if saved_step is not None
+                else f"{ckpt_path} was left as it was" if ckpt_path.exists() else "nothing was saved")
 
     def snapshot(total_steps: int, hist: dict, seconds: float) -> None:
+        nonlocal saved_step
         if state is not None:  # an exact-resume recipe keeps the whole history in its state
             merged = {k: list(v) for k, v in hist.items()}
         else:
             merged = {k: list(history_before.get(k, [])) + list(v) for k, v in hist.items()}
-        save_checkpoint(ckpt_path, model_name=spec.name, cfg=cfg, model=model, steps=total_steps, history=merged,
-                        seconds=seconds, segments=segments + [{"seed": int(train_cfg.seed), "steps": steps_done,
-                                                                "world_size": info.world_size}],
-                        train_state=state.state_dict() if state is not None else None)
+        if saved_step is None and not checkpoints.non_finite_tensors(model.state_dict()):  # before the first save,
+            for stale in {out / "metrics.json", metrics_file}:  # remove the metrics of the checkpoint it replaces
+                if stale.parent.resolve() == out.resolve() and stale.is_file():
+                    stale.unlink()
+        try:
+            segment = {"seed": int(train_cfg.seed), "steps": steps_done, "world_size": info.world_size}
+            save_checkpoint(ckpt_path, model_name=spec.name, cfg=cfg, model=model, steps=total_steps, history=merged,
+                            seconds=seconds, segments=segments + [segment],
+                            train_state=state.state_dict() if state is not None else None)
+        except checkpoints.DivergenceError as exc:
+            raise checkpoints.DivergenceError(f"{exc}; {kept()}") from None
+        saved_step = total_steps
 
     t0 = time.perf_counter()
 
     def callback(i, history) -> None:
-        nonlocal steps_done
+        nonlocal steps_done, eval_seconds
         steps_done += 1
+        checkpoints.check_finite(history.metrics, steps_before + steps_done, kept)
         if save_every and steps_done % save_every == 0 and distributed.is_main():
-            snapshot(steps_before + steps_done, history.metrics, seconds_before + time.perf_counter() - t0)
+            snapshot(steps_before + steps_done, history.metrics,
+                     seconds_before + time.perf_counter() - t0 - eval_seconds)
+        if probe is not None and steps_done % eval_every == 0 and distributed.is_main():
+            t = time.perf_counter()
+            quality.append(probe(model, steps_before + steps_done, seconds_before + t - t0 - eval_seconds))
+            eval_seconds += time.perf_counter() - t
 
     kwargs = {"progress": progress and distributed.is_main(), "callback": callback}
     if state is not None:
         kwargs["state"] = state
     history = recipe.train(train_cfg, model, **kwargs)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - eval_seconds
     distributed.broadcast_buffers(model)  # the batch-norm statistics of rank 0's last batch, everywhere
     checksums = distributed.replica_checksums(model)
     total_steps = steps_before + steps_done
     result = {"model": spec.name, "config": config_dict(cfg), "steps": total_steps, "segment_steps": steps_done,
               "seconds": seconds_before + seconds, "segment_seconds": seconds, "world_size": info.world_size,
               "backend": info.backend, "replica_checksums": checksums,
-              "final": {k: float(v[-1]) for k, v in history.metrics.items() if v}}
+              "final": {k: float(v[-1]) for k, v in history.metrics.items() if v},
+              **({"quality": quality, "quality_seconds": eval_seconds, "eval_n": eval_n} if probe else {})}
     if distributed.is_main():
         snapshot(total_steps, history.metrics, seconds_before + seconds)
         if evaluate:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 result["eval"] = recipe.evaluate(cfg, model)
-        metrics_path = Path(metrics_path) if metrics_path is not None else out / "metrics.json"
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text(json.dumps(result, indent=2) + "\n")
-        _log(verbose, f"{steps_done} steps in {seconds:.1f} s; checkpoint {ckpt_path}; metrics {metrics_path}")
+        checkpoints.write_json(metrics_file, result)
+        _log(verbose, f"{steps_done} steps in {seconds:.1f} s; checkpoint {ckpt_path}; metrics {metrics_file}")
         if "eval" in result:
-            _log(verbose, json.dumps(result["eval"], indent=2))
+            _log(verbose, checkpoints.to_json(result["eval"], indent=2))
     distributed.barrier()
     return result
 

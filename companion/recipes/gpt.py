@@ -72,6 +72,29 @@ class Config:
     top_k: int | None = None
     top_p: float | None = None
 
+    def __post_init__(self):
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps", "eval_batches",
+                     "eval_batch_size"):
+            need(getattr(self, name) >= 1, name, "an int >= 1")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd must be divisible by n_head (each head gets n_embd / n_head dimensions), "
+                             f"got n_embd = {self.n_embd} and n_head = {self.n_head}")
+        need(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
+        need(self.time_budget is None or self.time_budget >= 0, "time_budget", "None or >= 0 seconds")
+        need(self.lr > 0, "lr", "> 0")
+        need(self.min_lr >= 0, "min_lr", ">= 0")
+        for name in ("warmup_steps", "eval_every", "sample_length", "weight_decay", "grad_clip"):
+            need(getattr(self, name) >= 0, name, ">= 0")
+        need(0.0 <= self.beta1 < 1.0, "beta1", "in [0, 1)")
+        need(0.0 <= self.beta2 < 1.0, "beta2", "in [0, 1)")
+        need(self.temperature >= 0, "temperature", ">= 0 (0 = greedy decoding)")
+        need(self.top_k is None or self.top_k >= 1, "top_k", "None or an int >= 1")
+        need(self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", "None or in (0, 1]")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from companion import distributed
 from companion.data import load_mnist, mnist_is_fallback
+from companion.layers import ACTIVATIONS
 from companion.train import History, minibatches, train_loop, warmup_cosine_lr
 from companion.vae import CVAE, VAE
 from companion.vqvae import VQVAE
@@ -96,6 +97,16 @@ class Config:
         if self.beta < 0 or self.kl_warmup_epochs < 0 or self.train_size < 0:
             raise ValueError("beta, kl_warmup_epochs and train_size must be >= 0")
         self.hidden = [int(h) for h in self.hidden]
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty list of widths >= 1, got {self.hidden}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        for name in ("n_classes", "codebook_size", "code_dim", "channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_min", "commitment", "dead_code_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.z_dim is None:
             self.z_dim = CVAE_Z_DIM if self.family == "cvae" else 20
         if self.z_dim < 1:
