@@ -16,11 +16,12 @@ INSTALLED   := $(VENV)/.installed
 OFFLINE     := _offline/.installed
 PY_SOURCES  := $(wildcard companion/*.py)
 
-# OpenMP threads that wait passively (sleep) instead of spinning: on a busy machine a spinning
-# thread burns the core that the thread it waits for needs, and small models then run 5x slower
-# than on one thread (README, "A busy machine"). Override with OMP_WAIT_POLICY=ACTIVE.
-OMP_WAIT_POLICY ?= PASSIVE
-export OMP_WAIT_POLICY
+# OpenMP threads spin only briefly (1,000 iterations) before they sleep: on a busy machine a
+# spinning thread burns the core that the thread it waits for needs, and small models then train
+# 3x slower (README, "A busy machine"; benchmarks/busy_machine.py). GNU OpenMP, as in torch's
+# Linux wheels, reads GOMP_SPINCOUNT; override it, or set OMP_WAIT_POLICY, to change this.
+GOMP_SPINCOUNT ?= 1000
+export GOMP_SPINCOUNT
 
 .PHONY: book test env clean help
 
@@ -35,7 +36,7 @@ $(INSTALLED): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test]"
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --env OMP_WAIT_POLICY $(OMP_WAIT_POLICY) >/dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --env GOMP_SPINCOUNT $(GOMP_SPINCOUNT) >/dev/null
 	touch $@
 
 # MathJax and the widget manager, served by the site itself (html_extra_path: _offline).

@@ -1,16 +1,17 @@
 """Training speed on a busy machine: OpenMP threads that spin vs threads that sleep while they wait.
 
-A reader's laptop is rarely idle. This benchmark starts one busy-loop process per CPU (a
-reproducible load), then trains the chapter-2 Transformer (the recipe's model, 60 steps) in a
-fresh process for each setting:
+A reader's laptop is rarely idle. This benchmark starts busy-loop processes (a reproducible
+load: by default none, one per CPU, then two per CPU), then trains the chapter-2 Transformer
+(the recipe's model, 120 steps) in a fresh process for each setting:
 
-* ``OMP_WAIT_POLICY=ACTIVE``, torch's default number of threads: OpenMP's default, threads spin
-  at every barrier;
-* ``OMP_WAIT_POLICY=PASSIVE``, the same threads: waiting threads sleep (the course's default,
+* GNU OpenMP's default, torch's default number of threads: a waiting thread spins for a long
+  while (about 300,000 iterations) before it sleeps;
+* ``GOMP_SPINCOUNT=1000``, the same threads: a short spin, then sleep (the course's default,
   set by the Makefile, the notebooks' kernel spec and ``import companion``);
+* ``OMP_WAIT_POLICY=PASSIVE``: no spin at all, waiting threads sleep at once;
 * one thread (no barriers at all);
 
-and the same three without the load. It prints the wall-clock and CPU seconds of each and writes
+under each load. It prints the wall-clock and CPU seconds of each and writes
 them as JSON. Run::
 
     .venv/bin/python benchmarks/busy_machine.py --json benchmarks/results/busy_machine.json
@@ -42,15 +43,17 @@ print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() -
                   "threads": torch.get_num_threads()}))
 """
 
-SETTINGS = {  # name: (OMP_WAIT_POLICY, threads; 0 = torch's default)
-    "spinning threads (OpenMP default)": ("ACTIVE", 0),
-    "sleeping threads (OMP_WAIT_POLICY=PASSIVE)": ("PASSIVE", 0),
-    "one thread": ("PASSIVE", 1),
+SETTINGS = {  # name: (extra environment, threads; 0 = torch's default)
+    "OpenMP default (long spin)": ({}, 0),
+    "short spin (GOMP_SPINCOUNT=1000)": ({"GOMP_SPINCOUNT": "1000"}, 0),
+    "no spin (OMP_WAIT_POLICY=PASSIVE)": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+    "one thread": ({}, 1),
 }
 
 
-def train_once(policy: str, threads: int, steps: int) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+def train_once(extra: dict, threads: int, steps: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(extra)
     out = subprocess.run([sys.executable, "-c", TRAIN, str(threads), str(steps)], env=env, check=True,
                          capture_output=True, text=True, timeout=1800)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -58,25 +61,27 @@ def train_once(policy: str, threads: int, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60, help="training steps per measurement")
-    parser.add_argument("--busy", type=int, default=os.cpu_count(), help="busy-loop processes for the load")
+    parser.add_argument("--steps", type=int, default=120, help="training steps per measurement")
+    cpus = os.cpu_count() or 1
+    parser.add_argument("--busy", type=int, nargs="+", default=[0, cpus, 2 * cpus],
+                        help="numbers of busy-loop processes to measure under")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
     rows = []
-    for loaded in (False, True):
+    for n_busy in args.busy:
         busy = []
-        if loaded:  # bounded: killed in the finally below, and each ends by itself after 30 minutes
+        if n_busy:  # bounded: killed in the finally below, and each ends by itself after 30 minutes
             loop = "import time\nend = time.time() + 1800\nwhile time.time() < end: pass"
-            busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(args.busy)]
+            busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(n_busy)]
             time.sleep(2)
         try:
-            for name, (policy, threads) in SETTINGS.items():
-                r = train_once(policy, threads, args.steps)
-                row = {"setting": name, "load": f"{args.busy} busy loops" if loaded else "none",
+            for name, (extra, threads) in SETTINGS.items():
+                r = train_once(extra, threads, args.steps)
+                row = {"setting": name, "busy_loops": n_busy, "load": f"{n_busy} busy loops" if n_busy else "none",
                        "load_average": os.getloadavg()[0], **r}
                 rows.append(row)
-                print(f"{row['load']:>14s} | {name:45s} | {r['threads']} threads | wall {r['wall']:6.1f} s | "
+                print(f"{row['load']:>14s} | {name:34s} | {r['threads']} threads | wall {r['wall']:6.1f} s | "
                       f"CPU {r['cpu']:6.1f} s", flush=True)
         finally:
             for p in busy:

@@ -81,3 +81,20 @@ def mnist(monkeypatch, tmp_path):
         return load_mnist("test")
     except DataError as exc:
         pytest.skip(f"MNIST is not available locally (set COMPANION_DATA): {exc}")
+
+
+@pytest.fixture
+def mnist_env(mnist, tmp_path):
+    """The offline MNIST environment of :func:`mnist` (or a skip); returns a private working directory."""
+    return tmp_path
+
+
+@pytest.fixture
+def lg():
+    """A random linear-Gaussian latent-variable model (x in R^5, z in R^2) and 7 samples x from it."""
+    from companion.linear_gaussian import LinearGaussianLVM
+
+    g = torch.Generator().manual_seed(0)
+    model = LinearGaussianLVM.random(x_dim=5, z_dim=2, sigma=0.6, generator=g)
+    x, _ = model.sample(7, generator=g)
+    return model, x

@@ -30,21 +30,6 @@ def run(argv, capsys):
     return code, out.out, out.err
 
 
-@pytest.fixture
-def mnist_env(monkeypatch, tmp_path):
-    from companion.data import DataError, load_mnist
-
-    if (SHARED_DATA / "mnist").exists():
-        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
-        monkeypatch.setenv("COMPANION_OFFLINE", "1")
-        monkeypatch.setenv("COMPANION_MNIST_FALLBACK", "1")
-    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "cache"))
-    try:
-        load_mnist("test")
-    except DataError as exc:
-        pytest.skip(f"MNIST is not available: {exc}")
-    return tmp_path
-
 
 # ------------------------------------------------------------------ arguments
 

@@ -12,27 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion import checkpoints, cli, runs
+from companion import checkpoints, runs
 from companion.classifiers import MNISTClassifier
 from companion.recipes import classifier as classifier_recipe
 from companion.recipes import vae as vae_recipe
 
 from .conftest import SHARED_DATA
+from .test_cli import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_VAE = ["--train-size", "256", "--batch-size", "64", "--hidden", "16", "--z-dim", "2", "--epochs", "1",
             "--no-progress"]  # 4 steps
-
-
-def run(argv, capsys):
-    """``main(argv)`` in-process: (exit status, stdout, stderr); argparse's SystemExit counts as a status."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def error_line(err: str, command: str, model: str) -> str:
@@ -61,21 +52,6 @@ def vae_checkpoint(tmp_path) -> Path:
     model = vae_recipe.build_model(cfg)
     return runs.save_checkpoint(tmp_path / "vae" / "checkpoint.pt", model_name="vae", cfg=cfg, model=model, steps=0)
 
-
-@pytest.fixture
-def mnist_env(monkeypatch, tmp_path):
-    from companion.data import DataError, load_mnist
-
-    if (SHARED_DATA / "mnist").exists():
-        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
-        monkeypatch.setenv("COMPANION_OFFLINE", "1")
-        monkeypatch.setenv("COMPANION_MNIST_FALLBACK", "1")
-    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "cache"))
-    try:
-        load_mnist("test")
-    except DataError as exc:
-        pytest.skip(f"MNIST is not available: {exc}")
-    return tmp_path
 
 
 @pytest.fixture

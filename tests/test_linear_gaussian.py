@@ -15,13 +15,6 @@ from companion.vae import gaussian_log_prob, reparameterize
 floats = st.floats(min_value=-3.0, max_value=3.0, allow_nan=False)
 
 
-@pytest.fixture
-def lg():
-    g = torch.Generator().manual_seed(0)
-    model = LinearGaussianLVM.random(x_dim=5, z_dim=2, sigma=0.6, generator=g)
-    x, _ = model.sample(7, generator=g)
-    return model, x
-
 
 def test_linear_gaussian_marginal_and_posterior_satisfy_bayes_rule(lg):
     model, x = lg

@@ -15,25 +15,6 @@ from companion import metrics as M
 from companion.classifiers import MNISTClassifier
 from companion.recipes.classifier import mnist_classifier
 
-from .conftest import SHARED_DATA
-
-
-@pytest.fixture
-def mnist(monkeypatch, tmp_path):
-    """Real MNIST test images (the offline copy when present), a private weight cache, or a skip."""
-    from companion.data import DataError, load_mnist
-
-    if (SHARED_DATA / "mnist").exists():
-        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
-        monkeypatch.setenv("COMPANION_OFFLINE", "1")
-        monkeypatch.setenv("COMPANION_MNIST_FALLBACK", "1")
-    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "cache"))
-    try:
-        x, y = load_mnist("test")
-    except DataError as exc:
-        pytest.skip(f"MNIST is not available: {exc}")
-    return x, y
-
 
 def random_psd(f: int, seed: int, rank: int | None = None) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -12,28 +12,10 @@ from companion import runs
 from companion.classifiers import MNISTClassifier
 from companion.recipes import classifier as recipe
 
-from .conftest import SHARED_DATA
-
 # a model name of its own: the classifier recipe with one fixed field and two changed defaults
 SPEC = runs.ModelSpec("tiny", "companion.recipes.classifier", "a test spec", fixed={"shift": 0},
                       defaults={"hidden": 64, "epochs": 2}, kind="classifier")
 
-
-@pytest.fixture
-def mnist(monkeypatch, tmp_path):
-    """Real MNIST test images (the offline copy when present), a private weight cache, or a skip."""
-    from companion.data import DataError, load_mnist
-
-    if (SHARED_DATA / "mnist").exists():
-        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
-        monkeypatch.setenv("COMPANION_OFFLINE", "1")
-        monkeypatch.setenv("COMPANION_MNIST_FALLBACK", "1")
-    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "cache"))
-    try:
-        x, y = load_mnist("test")
-    except DataError as exc:
-        pytest.skip(f"MNIST is not available: {exc}")
-    return x, y
 
 
 # ------------------------------------------------------------------ registry and configs

@@ -214,13 +214,6 @@ def test_cvae_log_joint_is_a_normalised_joint_density_over_binary_images():
 # ------------------------------------------------------------------------------- IWAE
 
 
-@pytest.fixture
-def lg():
-    g = torch.Generator().manual_seed(0)
-    model = LinearGaussianLVM.random(x_dim=5, z_dim=2, sigma=0.6, generator=g)
-    x, _ = model.sample(7, generator=g)
-    return model, x
-
 
 def test_iwae_bound_rejects_k_below_one_and_non_integers(lg):
     model, x = lg

@@ -151,7 +151,7 @@ def resolve(cfg: Config) -> Config:
 
 
 def build_model(cfg: Config) -> N.GAN:
-    """A :class:`companion.gan.GAN` (generator + discriminator) for ``cfg``, initialised from ``cfg.seed``."""
+    """A :class:`companion.gan_networks.GAN` (generator + discriminator) for ``cfg``, initialised from ``cfg.seed``."""
     cfg = resolve(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.data == "ring":
