@@ -57,10 +57,12 @@ def check_probability_vectors(*dists: Tensor, names: tuple[str, ...] | None = No
     within ``atol`` (scaled by the row length).
     """
     names = names or tuple(f"argument {i}" for i in range(len(dists)))
-    shape = dists[0].shape
     for name, d in zip(names, dists, strict=False):
         if not isinstance(d, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(d).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor of probabilities, got {type(d).__name__} "
+                            f"(convert it with torch.tensor({name}, dtype=torch.float64))")
+    shape = dists[0].shape
+    for name, d in zip(names, dists, strict=False):
         if d.shape != shape:
             raise ValueError(
                 f"shape mismatch: {names[0]} has shape {tuple(shape)} but {name} has shape {tuple(d.shape)}"
@@ -236,6 +238,9 @@ def fit_gaussian_to_density(x: Tensor, p: Tensor, direction: str = "forward", mu
         raise ValueError(f"unknown direction {direction!r}; expected 'forward' or 'reverse'")
     if x.ndim != 1 or x.shape != p.shape:
         raise ValueError(f"x and p must be 1-D of the same length, got {tuple(x.shape)} and {tuple(p.shape)}")
+    if not bool(torch.isfinite(p).all()) or float(p.min()) < 0 or float(p.sum()) <= 0:
+        raise ValueError(f"p must be a density on the grid: finite, >= 0 and not all zero; got minimum "
+                         f"{float(p.min()):.3g} and sum {float(p.sum()):.3g}")
     x, p = x.double(), p.double()
     dx = x[1] - x[0]
     p = p / (p.sum() * dx)

@@ -182,6 +182,8 @@ def elbo(x: Tensor, logits: Tensor, mu: Tensor, logvar: Tensor, *, beta: float =
         )
     if mu.shape[0] != x.shape[0]:
         raise ValueError(f"x has batch size {x.shape[0]} but mu has batch size {mu.shape[0]}")
+    if x.shape[0] == 0 and reduction == "mean":
+        raise ValueError("the batch is empty (B = 0): its mean loss is undefined; pass at least one example")
     recon = bernoulli_nll(logits, x)
     kl = gaussian_kl(mu, logvar)
     loss = recon + beta * kl

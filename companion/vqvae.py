@@ -221,6 +221,15 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode_codes(self, indices: Tensor) -> Tensor:
         """Bernoulli means of the images whose codes are ``indices: (B, 7, 7)``."""
+        if not isinstance(indices, Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise TypeError(f"indices must be an integer tensor of code numbers, got "
+                            f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__}")
+        if indices.ndim != 3 or tuple(indices.shape[1:]) != (self.grid, self.grid):
+            raise ValueError(f"indices must have shape (B, {self.grid}, {self.grid}), the encoder's code grid for "
+                             f"28 x 28 images; got {tuple(indices.shape)}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(f"code numbers must lie in [0, {self.codebook_size}), got {int(indices.min())} "
+                             f"to {int(indices.max())}")
         return torch.sigmoid(self.decoder(self.quantizer.quantize(indices)))
 
     @torch.no_grad()

@@ -228,3 +228,41 @@ def test_the_suite_runs_with_outside_network_access_blocked(request):
     allowed = request.config.getoption("allow_hosts")
     assert set(str(allowed).split(",")) == {"127.0.0.1", "localhost", "::1"}, allowed
     assert socket.socket.connect.__module__ == "pytest_socket"
+
+
+# ------------------------------------------------------------------ more silent wrong numbers (#12 items 8-9)
+
+
+def test_vqvae_decode_codes_needs_the_encoders_grid():
+    from companion.vqvae import VQVAE
+
+    model = VQVAE(codebook_size=8, code_dim=4, channels=8)
+    with pytest.raises(ValueError, match=r"shape \(B, 7, 7\).*got \(2, 5, 5\)"):  # used to make 20 x 20 images
+        model.decode_codes(torch.zeros(2, 5, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"code numbers must lie in \[0, 8\), got 9 to 9"):
+        model.decode_codes(torch.full((1, 7, 7), 9))
+    assert model.decode_codes(torch.zeros(1, 7, 7, dtype=torch.long)).shape == (1, 1, 28, 28)
+
+
+def test_fit_gaussian_to_density_refuses_a_negative_density():
+    from companion.divergences import fit_gaussian_to_density
+
+    x = torch.linspace(-3, 3, 101)
+    p = torch.exp(-x**2) - 0.2  # negative in the tails: used to be silently renormalised
+    with pytest.raises(ValueError, match=r"finite, >= 0 and not all zero; got minimum -0.2"):
+        fit_gaussian_to_density(x, p)
+
+
+def test_vae_loss_of_an_empty_batch():
+    from companion.vae import VAE
+
+    model = VAE((1, 4, 4), hidden=[8], z_dim=2)
+    with pytest.raises(ValueError, match=r"the batch is empty \(B = 0\)"):  # used to return NaN
+        model.loss(torch.zeros(0, 1, 4, 4))
+
+
+def test_kl_divergence_names_the_type_it_needs():
+    from companion.divergences import kl_divergence
+
+    with pytest.raises(TypeError, match=r"p must be a torch.Tensor of probabilities, got list .*torch.tensor\(p"):
+        kl_divergence([0.5, 0.5], torch.tensor([0.5, 0.5]))
