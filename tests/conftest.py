@@ -98,3 +98,19 @@ def lg():
     model = LinearGaussianLVM.random(x_dim=5, z_dim=2, sigma=0.6, generator=g)
     x, _ = model.sample(7, generator=g)
     return model, x
+
+
+@pytest.fixture
+def shakespeare_env(monkeypatch):
+    """tiny-shakespeare from local files only (``$COMPANION_DATA`` or ``../shared/data``), else a skip."""
+    import os
+
+    from companion.data import DataError, load_shakespeare
+
+    if not os.environ.get("COMPANION_DATA") and (SHARED_DATA / "tinyshakespeare").exists():
+        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
+    monkeypatch.setenv("COMPANION_OFFLINE", "1")
+    try:
+        load_shakespeare()
+    except DataError as exc:
+        pytest.skip(f"tiny-shakespeare is not available locally (set COMPANION_DATA): {exc}")

@@ -15,8 +15,6 @@ from companion import cli, runs
 from companion.classifiers import MNISTClassifier
 from companion.recipes import classifier as classifier_recipe
 
-from .conftest import SHARED_DATA
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -220,18 +218,9 @@ def test_python_dash_m_companion_runs_as_a_program(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpt_resumes_exactly_from_its_saved_optimizer_state(capsys, monkeypatch, tmp_path):
+def test_gpt_resumes_exactly_from_its_saved_optimizer_state(capsys, monkeypatch, tmp_path, shakespeare_env):
     """A recipe with ``init_state`` (GPT) continues where it stopped: 3 + 3 steps equal 6 steps in one go."""
     pytest.importorskip("companion.recipes.gpt")
-    from companion.data import DataError, load_shakespeare
-
-    if (SHARED_DATA / "tinyshakespeare").exists():
-        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
-        monkeypatch.setenv("COMPANION_OFFLINE", "1")
-    try:
-        load_shakespeare()
-    except DataError as exc:
-        pytest.skip(f"tiny-shakespeare is not available: {exc}")
     small = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
              "--warmup-steps", "2", "--max-steps", "6", "--no-progress", "--no-eval"]
     # run 6 steps, saving every 3; keep a copy of the step-3 checkpoint, as if the run had died there

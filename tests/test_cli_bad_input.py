@@ -17,7 +17,6 @@ from companion.classifiers import MNISTClassifier
 from companion.recipes import classifier as classifier_recipe
 from companion.recipes import vae as vae_recipe
 
-from .conftest import SHARED_DATA
 from .test_cli import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,19 +51,6 @@ def vae_checkpoint(tmp_path) -> Path:
     model = vae_recipe.build_model(cfg)
     return runs.save_checkpoint(tmp_path / "vae" / "checkpoint.pt", model_name="vae", cfg=cfg, model=model, steps=0)
 
-
-
-@pytest.fixture
-def shakespeare_env(monkeypatch):
-    from companion.data import DataError, load_shakespeare
-
-    if (SHARED_DATA / "tinyshakespeare").exists():
-        monkeypatch.setenv("COMPANION_DATA", str(SHARED_DATA))
-        monkeypatch.setenv("COMPANION_OFFLINE", "1")
-    try:
-        load_shakespeare()
-    except DataError as exc:
-        pytest.skip(f"tiny-shakespeare is not available: {exc}")
 
 
 def strict_json(path: Path):
