@@ -23,6 +23,12 @@ vector :math:`\phi(x) \in \mathbb R^{128}` (its penultimate layer) and class pro
   that receive at least half their fair share :math:`N/10`; and the KL of the histogram to
   the uniform distribution (0 when balanced). Mode collapse shows here first.
 * **Label accuracy** of conditional models: how often the classifier reads the requested digit.
+* **Precision and recall** of Kynkäänniemi et al. (2019): FID mixes two failures into one
+  number; precision (are the samples realistic?) and recall (is the variety of the data
+  covered?) separate them. Each feature set :math:`\Phi` stands for its manifold, the union of
+  balls around its points whose radius is the distance to the point's k-th nearest neighbour in
+  the set; precision is the fraction of generated points inside the real manifold, recall the
+  fraction of real points inside the generated one (:func:`precision_recall`).
 
 The classifier itself is :class:`companion.classifiers.MNISTClassifier`, trained once and cached
 by :func:`companion.recipes.classifier.mnist_classifier`; the VAEs' IWAE bound is
@@ -56,6 +62,7 @@ __all__ = [
     "class_coverage",
     "class_kl_to_uniform",
     "label_accuracy",
+    "precision_recall",
     "image_metrics",
 ]
 
@@ -257,6 +264,99 @@ def label_accuracy(probs: Tensor, labels: Tensor) -> float:
     return float((probs.argmax(-1) == labels.to(probs.device)).double().mean())
 
 
+def _check_features(x, name: str) -> Tensor:
+    """``x`` as a finite float64 ``(N, F)`` tensor, or a clear error."""
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be an (N, F) tensor of features, got {type(x).__name__}") from err
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, F) tensor of features (one row per image), got shape "
+                         f"{tuple(x.shape)}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must hold real-valued features, got dtype {x.dtype}")
+    x = x.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} has non-finite entries (nan or inf); features must be finite")
+    return x
+
+
+def _kth_neighbour_radii(phi: Tensor, k: int, batch_size: int) -> Tensor:
+    """``r_k(phi_i)``: the distance of each row of ``phi: (N, F)`` to its k-th nearest other row, ``(N,)``."""
+    radii = []
+    for start in range(0, phi.shape[0], batch_size):
+        d = torch.cdist(phi[start : start + batch_size], phi, compute_mode="donot_use_mm_for_euclid_dist")
+        rows = torch.arange(d.shape[0])
+        d[rows, rows + start] = math.inf  # a point is not its own neighbour; its duplicates are
+        radii.append(d.kthvalue(k, dim=1).values)
+    return torch.cat(radii)
+
+
+def precision_recall(real_features: Tensor, fake_features: Tensor, k: int = 3, *,
+                     batch_size: int = 1024) -> tuple[float, float]:
+    r"""Improved precision and recall of generated features against real ones (Kynkäänniemi et al., 2019).
+
+    A set of feature vectors :math:`\Phi` stands for the union of balls around its points, each
+    ball reaching the point's k-th nearest neighbour in :math:`\Phi` (the point itself excluded):
+
+    .. math::
+
+        r_k(\phi', \Phi) = \lVert \phi' - \mathrm{NN}_k(\phi', \Phi) \rVert, \qquad
+        f(\phi, \Phi) = \begin{cases} 1 & \text{if } \lVert \phi - \phi' \rVert \le r_k(\phi', \Phi)
+        \text{ for some } \phi' \in \Phi, \\ 0 & \text{otherwise;} \end{cases}
+
+    .. math::
+
+        \mathrm{precision} = \frac1M \sum_{j=1}^M f(\phi_g^{(j)}, \Phi_r), \qquad
+        \mathrm{recall} = \frac1N \sum_{i=1}^N f(\phi_r^{(i)}, \Phi_g).
+
+    Precision is the fraction of generated points that land inside the real manifold (sample
+    quality), recall the fraction of real points inside the generated manifold (coverage: mode
+    collapse lowers it). Samples that copy training points score precision 1; a generator that
+    repeats one image has a manifold of one point and recall near 0. The paper uses k = 3 on
+    VGG-16 features of 50,000 images per set; here the features are whatever you pass (e.g. the
+    MNIST classifier's, from :func:`classifier_outputs`), so the numbers compare models with each
+    other, not with the paper. Reference: :cite:`kynkaanniemi2019improved`.
+
+    Distances are exact Euclidean distances in float64 (``torch.cdist`` without the matrix-product
+    shortcut, so duplicated points are at distance exactly 0), computed ``batch_size`` rows at a
+    time: memory is ``O(batch_size * max(N, M))``, never ``N x M``.
+
+    Args:
+        real_features: ``(N, F)`` features of real images :math:`\Phi_r`.
+        fake_features: ``(M, F)`` features of generated images :math:`\Phi_g`.
+        k: the neighbour that sets each ball's radius, ``k >= 1``; both sets need ``k + 1`` rows.
+        batch_size: rows of distances computed at once.
+
+    Returns:
+        ``(precision, recall)``, each in [0, 1].
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1 (the neighbour that sets each radius), got {k!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    phi_r = _check_features(real_features, "real_features")
+    phi_g = _check_features(fake_features, "fake_features")
+    if phi_r.shape[1] != phi_g.shape[1]:
+        raise ValueError(f"real_features and fake_features must have the same feature dimension F, got "
+                         f"{tuple(phi_r.shape)} and {tuple(phi_g.shape)}")
+    for name, phi in (("real_features", phi_r), ("fake_features", phi_g)):
+        if phi.shape[0] < k + 1:
+            raise ValueError(f"{name} has {phi.shape[0]} rows but k={k} needs at least k + 1 = {k + 1} "
+                             "(each point's k-th nearest neighbour other than itself)")
+    r_real = _kth_neighbour_radii(phi_r, k, batch_size)
+    r_fake = _kth_neighbour_radii(phi_g, k, batch_size)
+    fake_inside = torch.zeros(phi_g.shape[0], dtype=torch.bool)
+    real_inside = torch.zeros(phi_r.shape[0], dtype=torch.bool)
+    for start in range(0, phi_g.shape[0], batch_size):
+        stop = start + batch_size
+        d = torch.cdist(phi_g[start:stop], phi_r, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N)
+        fake_inside[start:stop] = (d <= r_real[None, :]).any(1)
+        real_inside |= (d <= r_fake[start:stop, None]).any(0)
+    return float(fake_inside.double().mean()), float(real_inside.double().mean())
+
+
 def image_metrics(x: Tensor, classifier: nn.Module, reference: Tensor, *, labels: Tensor | None = None) -> dict:
     """Every shared image metric of samples ``x`` against real ``reference`` images.
 
@@ -279,3 +379,27 @@ def image_metrics(x: Tensor, classifier: nn.Module, reference: Tensor, *, labels
     if labels is not None:
         out["label_accuracy"] = label_accuracy(probs, labels)
     return out
+
+
+def check_collapse_prediction(inception: float, class_kl: float, n_kept: int = 5, n_classes: int = 10) -> bool:
+    """Exercise checker (notebook ``06_1``): the inception score and the class KL of a generator that
+    makes only ``n_kept`` of the ``n_classes`` digits, equally often, each classified with certainty.
+
+    The truth is computed by :func:`inception_score` and :func:`class_kl_to_uniform` on such
+    one-hot predictions; relative tolerance 1e-3.
+    """
+    from companion.checks import verdict  # appended here so the module's imports stay untouched
+
+    if not 1 <= n_kept <= n_classes:
+        raise ValueError(f"need 1 <= n_kept <= n_classes, got n_kept = {n_kept}, n_classes = {n_classes}")
+    probs = torch.eye(n_classes, dtype=torch.float64)[torch.arange(100 * n_kept) % n_kept]  # (N, K) one-hot
+    truth = {"IS": inception_score(probs), "class KL": class_kl_to_uniform(class_histogram(probs))}
+    given = {"IS": float(inception), "class KL": float(class_kl)}
+    says = [f"{name} = {value:.4f}" if math.isclose(given[name], value, rel_tol=1e-3, abs_tol=1e-6)
+            else f"{name}: you gave {given[name]:.4f}, expected {value:.4f}" for name, value in truth.items()]
+    ok = all(math.isclose(given[k], v, rel_tol=1e-3, abs_tol=1e-6) for k, v in truth.items())
+    return verdict(ok, "; ".join(says) + ("" if ok else " (IS = exp of the mean KL from each prediction to the "
+                                                     "marginal; class KL = KL(class frequencies || uniform))"))
+
+
+__all__.append("check_collapse_prediction")

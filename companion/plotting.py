@@ -6,9 +6,13 @@
 * :func:`save_image_grid` writes such a grid to a PNG file (``python -m companion sample``).
 * :func:`plot_history` draws the per-step curves of a :class:`companion.train.History`,
   smoothed by a running mean.
+* :func:`plot_reliability_diagram` draws a classifier's per-bin accuracy against confidence
+  (:mod:`companion.calibration`), with the diagonal of perfect calibration and the ECE.
 * :func:`show_figure_with_alt` displays a figure as an HTML ``<img>`` with alt text, for
   figures inside interactive widgets, whose saved state keeps no other description of the
   image for screen readers.
+* :func:`glue` records a number for the book's prose (myst-nb's ``glue``), and works in a plain
+  Jupyter session too, where myst-nb may not be installed (e.g. on Colab).
 
 matplotlib is imported inside the functions, so ``import companion.plotting`` costs nothing.
 """
@@ -22,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["tile_images", "show_grid", "save_image_grid", "plot_history", "show_figure_with_alt", "figure_png"]
+__all__ = ["tile_images", "show_grid", "save_image_grid", "plot_history", "plot_reliability_diagram",
+           "show_figure_with_alt", "figure_png", "glue"]
 
 
 def _check_grid_images(images: Tensor) -> Tensor:
@@ -150,6 +155,31 @@ def plot_history(history, keys: Sequence[str], *, smooth: int = 1, ax=None, titl
     return ax
 
 
+def plot_reliability_diagram(probs: Tensor, targets: Tensor, n_bins: int = 15, *, ax=None, title: str = ""):
+    """Bars of per-bin accuracy over equal-width confidence bins, the diagonal, and the ECE in the legend.
+
+    A bar below the diagonal is an overconfident bin, above it an underconfident one; empty
+    bins have no bar. ``probs: (N, K)`` class probabilities, ``targets: (N,)`` class indices
+    (see :func:`companion.calibration.reliability_diagram`). Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from companion.calibration import expected_calibration_error, reliability_diagram
+
+    _, accuracy, count = reliability_diagram(probs, targets, n_bins)
+    ece = expected_calibration_error(probs, targets, n_bins)
+    ax = ax if ax is not None else plt.gca()
+    full = count > 0
+    left = torch.arange(n_bins, dtype=torch.float64)[full] / n_bins
+    ax.bar(left.numpy(), accuracy[full].numpy(), width=1 / n_bins, align="edge", edgecolor="black",
+           label=f"accuracy per bin (ECE = {ece:.3f}, {n_bins} bins)")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
+           title=title or "Reliability diagram")
+    ax.legend(loc="upper left")
+    return ax
+
+
 def figure_png(fig, *, close: bool = True) -> bytes:
     """The PNG bytes of a matplotlib figure (tight bounding box); closes it unless ``close=False``."""
     import io
@@ -178,3 +208,22 @@ def show_figure_with_alt(fig, alt: str) -> None:
         raise ValueError("alt must describe the figure (what is plotted and what it shows), got an empty string")
     data = base64.b64encode(figure_png(fig)).decode("ascii")
     display(HTML(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'))
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Record ``value`` under ``name`` for the page's prose (``{glue:text}`name:.2f```), as myst-nb's ``glue``.
+
+    The book's build has myst-nb and pastes the value into the text. Without myst-nb (a reader's
+    own Jupyter or Colab) nothing needs recording: the value is shown if ``display`` is true.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            from IPython.display import display as show
+
+            show(value)
+        return
+    myst_glue(name, value, display=display)

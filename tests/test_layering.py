@@ -25,6 +25,8 @@ LAYERS: dict[str, int] = {
     "metrics": 0,
     "bleu": 0,
     "toy2d": 0,
+    "tokenizers": 0,
+    "calibration": 0,
     # 1: models (nn.Modules and the math of their chapter); they never train themselves
     "lm": 1,
     "classifiers": 1,
@@ -39,6 +41,10 @@ LAYERS: dict[str, int] = {
     "vqvae": 1,
     "linear_gaussian": 1,
     "gradient_estimators": 1,
+    "flows": 1,
+    "diffusion": 1,
+    "flow_matching": 1,
+    "unet": 1,
     # 2: beside the stack, for recipes and above: training helpers, data, plotting
     "train": 2,
     "distributed": 2,
