@@ -1,6 +1,6 @@
 """Benchmark: the course's MNIST VAE against pytorch/examples' VAE, trained side by side in one run.
 
-    .venv/bin/python benchmarks/vae_mnist.py [--json results.json] [--seed 0]
+    .venv/bin/python benchmarks/vae_mnist.py [--json benchmarks/results/vae_mnist.json] [--seed 0]
 
 Both models train through ``companion.recipes.vae`` on ``companion.data.load_mnist("train")``
 and are evaluated on ``load_mnist("test")``. Without the 60,000 MNIST training images (offline,
@@ -27,6 +27,7 @@ import os
 import warnings
 
 import torch
+from provenance import provenance
 
 from companion.data import MNISTFallbackWarning, mnist_is_fallback
 from companion.recipes import vae as recipe
@@ -85,7 +86,8 @@ def main() -> None:
         print("note: with full MNIST the 111.4 target does not apply (it was measured on the fallback split).")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"data": data, "fallback": fallback, "results": results, "threads": torch.get_num_threads(),
+            json.dump({**provenance("benchmarks/vae_mnist.py"), "data": data, "fallback": fallback, "results": results,
+                       "threads": torch.get_num_threads(),
                        "cpus": os.cpu_count(),
                        "target": {"loss": REFERENCE_LOSS, "seconds": BUDGET_SECONDS}}, fh, indent=2)
         print(f"wrote {args.json}")

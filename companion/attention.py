@@ -55,6 +55,8 @@ __all__ = [
     "check_causal_mask",
     "check_attention",
     "check_mha_parameter_count",
+    "check_score_variance",
+    "check_attention_weight_bytes",
 ]
 
 
@@ -342,3 +344,52 @@ def check_mha_parameter_count(answer: int, d_model: int, n_heads: int, bias: boo
         return verdict(True, f"{true:,} parameters for d_model = {d_model}, h = {n_heads}")
     return verdict(False, f"{int(answer):,} is not right for d_model = {d_model}, h = {n_heads}. "
                           "Count the four d_model x d_model projections and their biases; does h change them?")
+
+
+def check_score_variance(fn: Callable[[int, float, float], float], seed: int = 0) -> bool:
+    """Exercise checker: is ``fn(d_k, sigma_q, sigma_k)`` the variance of ``q . k``?
+
+    ``q`` and ``k`` have independent components of mean 0 and standard deviations ``sigma_q`` and
+    ``sigma_k``. The truth is measured on 40,000 simulated pairs (float64) for three settings; an
+    answer within 5 % of the measurement passes (the sampling error is below 1 %).
+    """
+    g = torch.Generator().manual_seed(seed)
+    for d_k, s_q, s_k in ((16, 2.0, 3.0), (64, 0.5, 1.5), (5, 1.0, 0.2)):
+        try:
+            got = float(fn(d_k, s_q, s_k))
+        except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+            return verdict(False, f"fn({d_k}, {s_q}, {s_k}) raised {exc.__class__.__name__}: {exc}")
+        q = s_q * torch.randn(40_000, d_k, generator=g, dtype=torch.float64)
+        k = s_k * torch.randn(40_000, d_k, generator=g, dtype=torch.float64)
+        measured = float((q * k).sum(-1).var())
+        if not math.isfinite(got) or abs(got - measured) > 0.05 * measured:
+            return verdict(False, f"d_k = {d_k}, sigma_q = {s_q}, sigma_k = {s_k}: you gave {got:.4g}, the simulated "
+                                  f"variance is {measured:.4g} (each of the d_k products has variance ...?)")
+    return verdict(True, "your variance matches simulation for three (d_k, sigma_q, sigma_k); divide the scores "
+                         "by its square root")
+
+
+def check_attention_weight_bytes(fn: Callable[[int], int]) -> bool:
+    """Exercise checker: is ``fn(T)`` the memory, in bytes, of one head's float32 ``(T, T)`` attention weights?
+
+    Measured on the weights that :func:`scaled_dot_product_attention` returns for one head and one
+    sequence (T = 1, 7, 1024), then extrapolated as bytes per weight x T^2 to T = 8192 and 65536.
+    """
+    per_weight = None
+    for T in (1, 7, 1024, 8192, 65536):
+        if T <= 1024:
+            q = torch.zeros(1, 1, T, 1)  # (B, H, T, d_k): one head, one sequence, float32
+            weights = scaled_dot_product_attention(q, q, q)[1]
+            truth = weights.numel() * weights.element_size()
+            per_weight = weights.element_size()
+        else:
+            truth = per_weight * T * T
+        try:
+            got = fn(T)
+        except Exception as exc:
+            return verdict(False, f"fn({T}) raised {exc.__class__.__name__}: {exc}")
+        if not isinstance(got, (int, float)) or got != truth:
+            return verdict(False, f"fn({T}) = {got!r}, but the weights take {truth:,} bytes "
+                                  "(how many weights, and how many bytes is one float32?)")
+    return verdict(True, f"{per_weight} T^2 bytes: 4 MiB at T = 1024, 256 MiB at 8192, 16 GiB at 65536, per head "
+                         "and per sequence")

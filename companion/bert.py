@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from companion.attention import MultiHeadAttention
+from companion.checks import verdict
 from companion.gpt import MLP, GPTConfig
 from companion.lm import get_batch
 
-__all__ = ["BERTConfig", "EncoderBlock", "BERT", "mask_tokens", "fill_in_comparison"]
+__all__ = ["BERTConfig", "EncoderBlock", "BERT", "mask_tokens", "fill_in_comparison", "pseudo_log_likelihood",
+           "check_pseudo_log_likelihood"]
 
 
 @dataclass
@@ -179,3 +181,50 @@ def fill_in_comparison(bert: BERT, gpt: nn.Module, data: Tensor, *, n_windows: i
         "gpt_acc": (g_logits.argmax(-1) == target).float().mean().item(),
         "n_hidden": float(chosen.sum()),
     }
+
+
+def pseudo_log_likelihood(bert: BERT, x: Tensor) -> float:
+    r"""The pseudo-log-likelihood :math:`\sum_t \log p_\theta(x_t \mid x_{\setminus t})` of one window ``x: (T,)``.
+
+    Position t is replaced by ``[MASK]`` in copy t of the window; the T copies go through the
+    model as one batch ``(T, T)`` (T forward passes' worth of work). Not the log of a
+    probability distribution over texts: each term conditions on both sides.
+    """
+    if not isinstance(x, Tensor) or x.ndim != 1 or not 1 <= x.shape[0] <= bert.config.block_size:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be one window of token ids, shape (T,) with 1 <= T <= {bert.config.block_size}; "
+                         f"got {got}")
+    T, rows = x.shape[0], torch.arange(x.shape[0])
+    inputs = x.repeat(T, 1)
+    inputs[rows, rows] = bert.config.mask_id
+    was_training = bert.training
+    bert.eval()
+    with torch.no_grad():
+        log_p = bert(inputs)[0].log_softmax(-1)[rows, rows, x]  # (T,): log p(x_t | x without t)
+    bert.train(was_training)
+    return float(log_p.sum())
+
+
+def check_pseudo_log_likelihood(fn, seed: int = 0) -> bool:
+    """Exercise checker: does ``fn(bert, x) -> float`` return the pseudo-log-likelihood of the window ``x: (T,)``?
+
+    Compared with :func:`pseudo_log_likelihood` on a small random BERT (in eval mode) and two
+    random windows; tolerance 1e-4 nats.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch_state = torch.random.get_rng_state()  # the reader's global seed is left as it was
+    torch.manual_seed(seed)
+    bert = BERT(BERTConfig(vocab_size=12, block_size=10, n_layer=1, n_head=2, n_embd=16)).eval()
+    torch.random.set_rng_state(torch_state)
+    for T in (10, 4):
+        x = torch.randint(0, bert.config.mask_id, (T,), generator=g)
+        try:
+            with torch.no_grad():
+                got = float(fn(bert, x))
+        except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+            return verdict(False, f"your function raised {exc.__class__.__name__}: {exc}")
+        want = pseudo_log_likelihood(bert, x)
+        if not abs(got - want) <= 1e-4:
+            return verdict(False, f"T = {T}: you gave {got:.4f}, the pseudo-log-likelihood is {want:.4f} "
+                                  "(mask one position per copy, and score only that position's true token)")
+    return verdict(True, "your pseudo-log-likelihood matches on windows of 10 and 4 tokens of a random BERT")

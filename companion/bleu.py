@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from companion.checks import verdict
 
-__all__ = ["bleu", "bleu_details", "tokenize_13a", "check_brevity_penalty"]
+__all__ = ["bleu", "bleu_details", "tokenize_13a", "check_brevity_penalty", "check_bleu_gaming"]
 
 _RE_13A = [
     (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),  # punctuation and symbols
@@ -160,3 +160,27 @@ def check_brevity_penalty(answer: float, hyp_len: int, ref_len: int) -> bool:
     ok = math.isclose(answer, expected, rel_tol=1e-6)
     rule = "c >= r, no penalty" if hyp_len >= ref_len else f"exp(1 - {ref_len}/{hyp_len})"
     return verdict(ok, f"BP = {rule} = {expected:.6f}" + ("" if ok else f"; you gave {answer:.6f}"))
+
+
+def check_bleu_gaming(false_statement: str, paraphrase: str, reference: str = "the cat sat on the mat") -> bool:
+    """Exercise checker: a six-word hypothesis that scores above 40 BLEU against ``reference`` and a
+    six-word one that scores 0 (both scored by :func:`bleu`, no smoothing).
+
+    Whether the first is false and the second a correct paraphrase is for the reader to judge: a
+    measure of overlap cannot tell, which is the point of the exercise.
+    """
+    if not isinstance(false_statement, str) or not isinstance(paraphrase, str):
+        raise TypeError("pass the two hypotheses as strings")
+    wrong = []
+    for name, hyp in (("the false statement", false_statement), ("the paraphrase", paraphrase)):
+        if len(hyp.split()) != 6:
+            wrong.append(f"{name} has {len(hyp.split())} words, not 6")
+    if tokenize_13a(false_statement) == tokenize_13a(reference):
+        wrong.append("the false statement is the reference itself, which is true")
+    high, zero = bleu([false_statement], [reference]), bleu([paraphrase], [reference])
+    if high <= 40:
+        wrong.append(f"the false statement scores {high:.1f}, not above 40 (keep the long n-grams)")
+    if zero != 0:
+        wrong.append(f"the paraphrase scores {zero:.1f}, not 0 (no 4-gram may match)")
+    return verdict(not wrong, "; ".join(wrong) if wrong else
+                   f"BLEU {high:.1f} for the false statement and {zero:.1f} for the paraphrase")

@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["check_xy", "GaussianClassifier", "LogisticRegression", "accuracy", "MNISTClassifier"]
+from companion.checks import verdict
+
+__all__ = ["check_xy", "GaussianClassifier", "LogisticRegression", "accuracy", "MNISTClassifier",
+           "check_generative"]
 
 
 def check_xy(x: Tensor, y: Tensor) -> None:
@@ -179,3 +182,27 @@ class MNISTClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x: (N, 1, 28, 28)`` -> logits ``(N, 10)``."""
         return self.head(self.dropout(self.features(x)))
+
+
+# What each model of the history page defines (the book's sense of "generative": a distribution
+# over data that one can sample from), with the reason the checker gives back.
+_GENERATIVE = {
+    "AlexNet": (False, "a classifier: it models p(y | x) only, nothing to sample images from"),
+    "word2vec": (False, "it predicts context words to learn vectors; used as a representation, not sampled"),
+    "VAE": (True, "sample z ~ p(z) and decode: a distribution over data"),
+    "GPT-2": (True, "sample one token at a time from p(x_t | x_<t): a distribution over whole texts"),
+    "BERT": (False, "it predicts masked tokens from both sides; the conditionals make no distribution over "
+                    "whole texts to sample left to right"),
+}
+
+
+def check_generative(answers: dict[str, bool]) -> bool:
+    """Exercise checker (page "A short history"): ``{model name: is it generative?}`` for AlexNet,
+    word2vec, VAE, GPT-2 and BERT, where generative means that the model defines a distribution
+    over data that one can sample from. Prints the reason for each wrong answer."""
+    if not isinstance(answers, dict) or set(answers) != set(_GENERATIVE):
+        got = sorted(answers) if isinstance(answers, dict) else type(answers).__name__
+        raise ValueError(f"answers must be a dict with exactly the keys {sorted(_GENERATIVE)}, got {got}")
+    wrong = [f"{name} is {'' if truth else 'not '}generative: {reason}"
+             for name, (truth, reason) in _GENERATIVE.items() if bool(answers[name]) != truth]
+    return verdict(not wrong, "; ".join(wrong) if wrong else "generative: VAE and GPT-2; not: AlexNet, word2vec, BERT")

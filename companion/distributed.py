@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from companion.checks import verdict
 from companion.train import minibatches as _single_minibatches
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "state_checksum",
     "broadcast_buffers",
     "broadcast_module",
+    "check_scale_out_steps",
 ]
 
 
@@ -400,3 +402,20 @@ def replica_checksums(model: nn.Module) -> list[str]:
     out: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(out, mine)
     return [str(s) for s in out]
+
+
+def check_scale_out_steps(steps_one: int, steps_per_rank: int, global_batch: int, lr: float, *, n: int = 60_000,
+                          batch_size: int = 128, world_size: int = 4, base_lr: float = 1e-3) -> bool:
+    """Exercise checker (appendix "Scaling out"): steps per epoch on one process and per rank on
+    ``world_size`` ranks (from :func:`steps_per_epoch`), the global batch ``W B`` and the
+    learning rate of the linear scaling rule, ``W`` times ``base_lr`` (relative tolerance 1e-6)."""
+    truth = {"steps on one process": steps_per_epoch(n, batch_size, world_size=1),
+             "steps per rank": steps_per_epoch(n, batch_size, world_size=world_size),
+             "global batch": world_size * batch_size, "learning rate": world_size * base_lr}
+    given = dict(zip(truth, (steps_one, steps_per_rank, global_batch, lr), strict=True))
+    wrong = [f"{name}: {given[name]} (expected {value})" for name, value in truth.items()
+             if not math.isclose(float(given[name]), value, rel_tol=1e-6)]
+    return verdict(not wrong, "; ".join(wrong) if wrong else
+                   f"{truth['steps on one process']} steps on one process, {truth['steps per rank']} per rank on "
+                   f"{world_size} ranks, global batch {truth['global batch']}, "
+                   f"learning rate {truth['learning rate']:g}")

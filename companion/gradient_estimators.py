@@ -23,9 +23,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from companion.vae import reparameterize
+from companion.checks import verdict
+from companion.vae import gaussian_log_prob, reparameterize
 
-__all__ = ["reparameterization_gradients", "score_function_gradients"]
+__all__ = ["reparameterization_gradients", "score_function_gradients", "check_gaussian_score"]
 
 
 def _check_moments(mu: Tensor, logvar: Tensor, n: int) -> None:
@@ -73,3 +74,35 @@ def score_function_gradients(f: Callable[[Tensor], Tensor], mu: Tensor, logvar: 
         score_mu = (z - mu.detach()) / var  # d/dmu log N(z; mu, var)
         score_logvar = 0.5 * ((z - mu.detach()).pow(2) / var - 1.0)  # d/dlogvar log N(z; mu, var)
     return weight * score_mu, weight * score_logvar
+
+
+def check_gaussian_score(fn: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]], *, seed: int = 0) -> bool:
+    r"""Check a reader's ``fn(z (n, D), mu (D,), logvar (D,)) -> (d_mu, d_logvar)``, each ``(n, D)``: the score
+    :math:`\nabla_{\mu, \log\sigma^2} \log \mathcal N(z; \mu, \operatorname{diag} \sigma^2)` at every sample.
+
+    Compared with autograd through :func:`companion.vae.gaussian_log_prob` (float64, atol 1e-8); on
+    success, prints its average over 200,000 samples of :math:`q`, which is 0 up to sampling error
+    (:math:`\mathbb E_q[\nabla_\phi \log q_\phi] = 0`, the reason a baseline keeps the estimator unbiased).
+    """
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(3, generator=g, dtype=torch.float64)
+    logvar = torch.randn(3, generator=g, dtype=torch.float64)
+    z = torch.randn(5, 3, generator=g, dtype=torch.float64) * 2
+    params = (mu.expand(5, -1).clone().requires_grad_(True), logvar.expand(5, -1).clone().requires_grad_(True))
+    want = torch.autograd.grad(gaussian_log_prob(z, *params).sum(), params)
+    try:
+        got = tuple(torch.as_tensor(t, dtype=torch.float64) for t in fn(z, mu, logvar))
+    except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+        return verdict(False, f"your function raised {exc.__class__.__name__}: {exc}")
+    if len(got) != 2:
+        return verdict(False, f"expected a pair (d_mu, d_logvar), got {len(got)} tensors")
+    hints = ("differentiate -(z - mu)^2 / (2 sigma^2)", "differentiate with respect to log sigma^2, not sigma")
+    for name, a, b, hint in zip(("d/dmu", "d/dlogvar"), got, want, hints, strict=True):
+        if a.shape != b.shape:
+            return verdict(False, f"{name}: expected shape {tuple(b.shape)} (one row per sample), got {tuple(a.shape)}")
+        if not torch.allclose(a, b, atol=1e-8, rtol=0):
+            return verdict(False, f"{name} differs from autograd by up to {(a - b).abs().max().item():.3g} ({hint})")
+    zs = reparameterize(mu.expand(200_000, -1), logvar.expand(200_000, -1), g)
+    means = [t.mean(0).abs().max().item() for t in fn(zs, mu, logvar)]
+    return verdict(True, f"your score matches autograd; its largest mean over 200,000 samples of q is "
+                         f"{max(means):.1e}, zero up to sampling error")

@@ -32,7 +32,7 @@ from companion.checks import verdict
 from companion.divergences import gaussian_kl_full
 from companion.vae import gaussian_log_prob
 
-__all__ = ["LinearGaussianLVM", "check_posterior"]
+__all__ = ["LinearGaussianLVM", "check_posterior", "check_meanfield_variances", "check_gaussian_decoder_nll"]
 
 
 class LinearGaussianLVM:
@@ -173,3 +173,56 @@ def check_posterior(fn: Callable[[Tensor, Tensor, float, Tensor], tuple[Tensor, 
                                f"got {tuple(mean.shape)} and {tuple(cov.shape)}")
     err = max((mean - want_mean).abs().max().item(), (cov - want_cov).abs().max().item())
     return verdict(err < 1e-8, f"max difference to the exact posterior {err:.2e}")
+
+
+def check_meanfield_variances(fn: Callable[[Tensor, Tensor, float], Tensor], *, seed: int = 0) -> bool:
+    r"""Check a reader's ``fn(W, b, sigma) -> (d,)``: the variances :math:`s_j^2` of the best diagonal
+    Gaussian :math:`q` (the mean-field ELBO maximiser) in the linear-Gaussian model.
+
+    The truth is :math:`1 / \Lambda_{jj}` with :math:`\Lambda` the inverse of the exact posterior
+    covariance (:meth:`LinearGaussianLVM.posterior`), on a random model with ``d = 3``; relative
+    tolerance 1e-6. A wrong answer is also compared with the ELBO it reaches.
+    """
+    g = torch.Generator().manual_seed(seed)
+    model = LinearGaussianLVM.random(6, 3, 0.7, generator=g)
+    x, _ = model.sample(1, generator=g)
+    try:
+        got = torch.as_tensor(fn(model.W, model.b, model.sigma), dtype=torch.float64)
+    except Exception as exc:
+        return verdict(False, f"your function raised {exc.__class__.__name__}: {exc}")
+    mean, cov = model.posterior(x)
+    want = 1.0 / torch.diagonal(torch.linalg.inv(cov))
+    if got.shape != want.shape:
+        return verdict(False, f"expected one variance per latent dimension, shape {tuple(want.shape)}; "
+                              f"got {tuple(got.shape)}")
+    if bool(torch.allclose(got, want, rtol=1e-6, atol=0)):
+        return verdict(True, f"s^2 = 1 / Lambda_jj = {[round(v, 4) for v in want.tolist()]}, narrower than the "
+                             f"posterior's Sigma_jj = {[round(v, 4) for v in torch.diagonal(cov).tolist()]}")
+    if not bool(torch.isfinite(got).all()) or float(got.min()) <= 0:
+        return verdict(False, f"variances must be positive and finite, got {got.tolist()}")
+    elbo_got, elbo_best = (model.elbo(x, mean, torch.diag(v)).item() for v in (got, want))
+    return verdict(False, f"your variances {[round(v, 4) for v in got.tolist()]} reach the ELBO {elbo_got:.4f}; "
+                          f"the best diagonal q reaches {elbo_best:.4f} (is Sigma_jj the right answer?)")
+
+
+def check_gaussian_decoder_nll(fn: Callable[[Tensor, Tensor, float], Tensor], *, seed: int = 0) -> bool:
+    r"""Check a reader's ``fn(x, x_hat, s) -> (B,)``: :math:`-\log \mathcal N(x; \hat x, s^2 I)` per row,
+    the negative log-likelihood of a Gaussian decoder with a fixed standard deviation ``s`` (the
+    decoder of this model, and of the VAE chapter's exercise). Compared with
+    :func:`companion.vae.gaussian_log_prob` on ``(4, 784)`` images for three ``s``; relative tolerance 1e-8.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x, x_hat = torch.rand(2, 4, 784, generator=g, dtype=torch.float64)
+    for s in (0.1, 0.5 ** 0.5, 1.0):
+        try:
+            got = torch.as_tensor(fn(x, x_hat, s), dtype=torch.float64)
+        except Exception as exc:
+            return verdict(False, f"your function raised {exc.__class__.__name__}: {exc}")
+        want = -gaussian_log_prob(x, x_hat, 2 * math.log(s))
+        if got.shape != want.shape:
+            return verdict(False, f"expected one value per image, shape {tuple(want.shape)}; got {tuple(got.shape)}")
+        if not bool(torch.allclose(got, want, rtol=1e-8, atol=0)):
+            return verdict(False, f"s = {s:.3g}: you gave {got[0].item():.4f} for the first image, the "
+                                  f"Gaussian NLL is {want[0].item():.4f} (did you keep the constant "
+                                  "784/2 log(2 pi s^2) and the factor 1/(2 s^2)?)")
+    return verdict(True, "your NLL matches -log N(x; x_hat, s^2 I) for s in (0.1, 0.71, 1): SSE / (2 s^2) + const")

@@ -47,6 +47,8 @@ __all__ = [
     "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding",
     "check_pe_shift_matrix",
+    "check_pe_dot",
+    "check_pair_distance",
 ]
 
 
@@ -224,3 +226,46 @@ def check_pe_shift_matrix(fn: Callable[[int, int], Tensor], d_model: int = 16, n
                                   "Check the sign of the sines and which column is the sine.")
     return verdict(True, f"PE(pos + k) = M_k PE(pos) for k in (0, 1, 3, 17) and all {n_positions - 17} "
                          "valid pos")
+
+
+def check_pe_dot(fn: Callable[[int, int], float], n_positions: int = 200) -> bool:
+    """Exercise checker: is ``fn(k, d_model)`` the dot product ``PE(pos) . PE(pos + k)``, for every pos?
+
+    Compares with the dot products of rows of :func:`sinusoidal_positional_encoding` (float64) at
+    all ``pos`` of a ``n_positions`` table, for several offsets and widths; tolerance 1e-6.
+    """
+    for d_model in (2, 8, 64):
+        pe = sinusoidal_positional_encoding(n_positions, d_model, dtype=torch.float64)
+        for k in (0, 1, 5, 44):
+            dots = (pe[: n_positions - k] * pe[k:]).sum(-1)  # one value per pos
+            try:
+                got = float(fn(k, d_model))
+            except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+                return verdict(False, f"fn({k}, {d_model}) raised {exc.__class__.__name__}: {exc}")
+            err = (dots - got).abs().max().item()
+            if not math.isfinite(got) or err > 1e-6:
+                return verdict(False, f"k = {k}, d_model = {d_model}: you gave {got:.6g}, but PE(pos) . PE(pos + k) "
+                                      f"= {dots[0].item():.6g} (at pos = 0). Each pair contributes cos(omega_i k).")
+    return verdict(True, "your dot product matches the table for k in (0, 1, 5, 44) and d_model in (2, 8, 64), "
+                         "at every pos: it depends on the offset only")
+
+
+def check_pair_distance(fn: Callable[[int, int, int], float], n_positions: int = 200) -> bool:
+    """Exercise checker: is ``fn(k, i, d_model)`` the distance between the points of pair ``i``
+    (dimensions ``2i, 2i + 1``) of the encoding at positions ``pos`` and ``pos + k``, for every pos?
+
+    Compared with the rows of :func:`sinusoidal_positional_encoding` (float64) for several offsets,
+    pairs and widths; tolerance 1e-6.
+    """
+    for d_model, i, k in ((2, 0, 44), (2, 0, 1), (16, 3, 7), (64, 10, 100)):
+        pe = sinusoidal_positional_encoding(n_positions, d_model, dtype=torch.float64)[:, 2 * i: 2 * i + 2]
+        dist = (pe[k:] - pe[: n_positions - k]).norm(dim=-1)  # one distance per pos
+        try:
+            got = float(fn(k, i, d_model))
+        except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+            return verdict(False, f"fn({k}, {i}, {d_model}) raised {exc.__class__.__name__}: {exc}")
+        if not math.isfinite(got) or (dist - got).abs().max().item() > 1e-6:
+            return verdict(False, f"k = {k}, pair i = {i}, d_model = {d_model}: you gave {got:.6g}, the distance "
+                                  f"is {dist[0].item():.6g} at every pos (a chord of the unit circle, angle omega_i k)")
+    return verdict(True, "your distance matches the table for four (k, i, d_model), at every pos: "
+                         "2 |sin(omega_i k / 2)|")

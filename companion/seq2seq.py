@@ -31,6 +31,7 @@ fixed-size vector whatever the input length; with ``attention=True`` the decoder
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from companion.checks import verdict
 from companion.transformer import label_smoothing_cross_entropy
 
 __all__ = [
@@ -53,6 +55,8 @@ __all__ = [
     "time_per_step",
     "attention_offset_profile",
     "LSTMSeq2Seq",
+    "check_bottleneck",
+    "check_loglog_slope",
 ]
 
 PAD, BOS, EOS = 0, 1, 2
@@ -380,3 +384,53 @@ class LSTMSeq2Seq(nn.Module):
                 break
         self.train(was)
         return torch.stack(out, 1)
+
+
+def check_bottleneck(numbers: int, bits: float, model: LSTMSeq2Seq, n: int) -> bool:
+    """Exercise checker: how many numbers the encoder's final ``(h, c)`` of ``model`` holds, and how
+    many bits of information a sequence of ``n`` uniformly random digits carries.
+
+    ``numbers`` is compared with the size of the state that ``model.encode`` returns for one
+    sequence of ``n`` digits (exact); ``bits`` with the entropy ``n log2(10)`` of the digits
+    (tolerance 0.01 bits).
+    """
+    if not isinstance(model, LSTMSeq2Seq):
+        raise TypeError(f"model must be an LSTMSeq2Seq (the LSTM without attention), got {type(model).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be a positive number of digits, got {n}")
+    with torch.no_grad():
+        _, (h, c) = model.encode(torch.full((1, n), N_SPECIAL, dtype=torch.long))  # one sequence of n digits
+    true_numbers = h.numel() + c.numel()
+    true_bits = n * math.log2(VOCAB_SIZE - N_SPECIAL)
+    ok_numbers, ok_bits = int(numbers) == true_numbers, abs(float(bits) - true_bits) <= 0.01
+    says = [f"(h, c) holds {true_numbers:,} numbers" if ok_numbers else
+            f"{int(numbers):,} numbers is not the size of (h, c) (look at model.encode's second output)",
+            f"{n} digits carry {true_bits:.2f} bits" if ok_bits else
+            f"{float(bits):.2f} bits is not right for {n} digits (each is one of 10, equally likely)"]
+    return verdict(ok_numbers and ok_bits, "; ".join(says))
+
+
+def check_loglog_slope(fn) -> bool:
+    """Exercise checker: does ``fn(lengths, seconds) -> float`` return the least-squares slope of
+    log(time) against log(T), the exponent a of a fitted ``time ~ T^a``?
+
+    Compared with :func:`torch.linalg.lstsq` on the logarithms (float64, tolerance 1e-5) for a
+    linear cost, a fixed overhead plus a quadratic cost, and a noisy power law (the last two are
+    not straight lines, so a slope through the end points does not pass).
+    """
+    lengths = [8, 16, 32, 64, 128]
+    cases = {"time = T / 1000": [t / 1000 for t in lengths],
+             "time = 0.002 + 1e-5 T^2": [0.002 + 1e-5 * t * t for t in lengths],
+             "a noisy T^1.5": [1e-4 * t**1.5 * w for t, w in zip(lengths, (1.0, 1.3, 0.8, 1.1, 0.9), strict=True)]}
+    for name, seconds in cases.items():
+        x = torch.tensor(lengths, dtype=torch.float64).log()
+        design = torch.stack([x, torch.ones_like(x)], dim=1)  # log time = a log T + c
+        want = torch.linalg.lstsq(design, torch.tensor(seconds, dtype=torch.float64).log()[:, None]).solution[0, 0]
+        try:
+            got = float(fn(list(lengths), list(seconds)))
+        except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+            return verdict(False, f"your function raised {exc.__class__.__name__}: {exc}")
+        if not math.isfinite(got) or abs(got - want.item()) > 1e-5:
+            return verdict(False, f"{name}: you gave {got:.4f}, the least-squares slope of log time on log T is "
+                                  f"{want.item():.4f}")
+    return verdict(True, "your slope matches the least-squares fit for a linear, a curved and a noisy timing")

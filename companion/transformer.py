@@ -50,6 +50,7 @@ __all__ = [
     "noam_lr",
     "grad_norms_by_layer",
     "check_label_smoothing",
+    "check_label_smoothing_minimum",
 ]
 
 
@@ -350,3 +351,28 @@ def check_label_smoothing(fn: Callable[[Tensor, Tensor, float], Tensor], seed: i
                                   f"{ref.item():.6f}. Is the smoothing mass spread over all K classes, "
                                   "the true one included?")
     return verdict(True, "matches F.cross_entropy(..., label_smoothing=eps) for eps in (0, 0.1, 0.5)")
+
+
+def check_label_smoothing_minimum(loss: float, p: Tensor, n_classes: int = 13, epsilon: float = 0.1) -> bool:
+    """Exercise checker: the smallest label-smoothed loss of one token, and the ``p`` (K,) that reaches it.
+
+    The target class is 0. ``p`` is checked against the loss's minimiser, the smoothed target
+    ``q = (1 - eps) one_hot + eps / K`` (atol 1e-4); ``loss`` against
+    :func:`label_smoothing_cross_entropy` at ``q`` (atol 1e-4), which must not exceed the loss
+    at the reader's ``p``.
+    """
+    p = torch.as_tensor(p, dtype=torch.float64)
+    if p.shape != (n_classes,):
+        raise ValueError(f"p must be a ({n_classes},) probability vector (target class 0), got shape {tuple(p.shape)}")
+    q = torch.full((n_classes,), epsilon / n_classes, dtype=torch.float64)
+    q[0] += 1.0 - epsilon
+    target = torch.zeros(1, dtype=torch.long)
+    minimum = label_smoothing_cross_entropy(q.log()[None], target, epsilon).item()
+    at_p = label_smoothing_cross_entropy(p.clamp_min(1e-300).log()[None], target, epsilon).item()
+    ok_p = bool(torch.allclose(p, q, atol=1e-4))
+    ok_loss = math.isfinite(float(loss)) and abs(float(loss) - minimum) <= 1e-4
+    if ok_p and ok_loss:
+        return verdict(True, f"the minimum is H(q) = {minimum:.4f} nats, at p = q = ({q[0]:.4f}, {q[1]:.4f}, ...)")
+    says = ["p is right" if ok_p else f"your p gives the loss {at_p:.4f}, not the minimum",
+            "the loss is right" if ok_loss else f"your loss {float(loss):.4f} is not the minimum"]
+    return verdict(False, "; ".join(says) + " (which distribution does the smoothed target describe?)")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from companion.checks import verdict
+from companion.divergences import kl_divergence
 from companion.vae import bernoulli_nll
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "VQTerms",
     "VQVAE",
     "check_perplexity",
+    "check_vq_kl",
 ]
 
 
@@ -86,9 +88,9 @@ class VectorQuantizer(nn.Module):
     def init_from_data(self, z_e: Tensor, generator: torch.Generator | None = None) -> None:
         """Set the codebook to K encoder outputs drawn from ``z_e`` (data-dependent initialisation).
 
-        With the paper's tiny uniform initialisation the encoder outputs start far from every
-        code, the nearest code is the same for all of them, and the other codes never move
-        (codebook collapse). Starting the codes *at* encoder outputs avoids that.
+        With the tiny uniform initialisation U(-1/K, 1/K) of common implementations (van den Oord
+        et al. 2017 specify none) the encoder outputs start far from every code, the nearest code
+        is the same for all of them, and the other codes never move (codebook collapse). Starting the codes *at* encoder outputs avoids that.
         """
         rows = self._to_rows(z_e)[0].detach()
         idx = torch.randint(rows.shape[0], (self.codebook_size,), generator=generator)
@@ -264,3 +266,22 @@ def check_perplexity(fn: Callable[[Tensor, int], float]) -> bool:
         if abs(got - want) > 1e-4:
             return verdict(False, f"for codes {idx.tolist()[:10]}... with K = {k} expected {want:.4f}, got {got:.4f}")
     return verdict(True, "one code -> 1, K codes used evenly -> K, and an uneven histogram all match")
+
+
+def check_vq_kl(answer: float, model: VQVAE) -> bool:
+    r"""Exercise checker: :math:`\mathrm{KL}(q(z \mid x) \,\|\, p(z))` in nats for ``model``, with ``q`` a point
+    mass on one code grid and ``p`` uniform over all :math:`K^{\text{positions}}` grids.
+
+    The truth is computed position by position (the KL of independent positions adds up): the
+    grid size times :func:`companion.divergences.kl_divergence` of a one-hot vector against the
+    uniform distribution over the ``K`` codes. Tolerance 1e-3 nats.
+    """
+    if not isinstance(model, VQVAE):
+        raise TypeError(f"model must be a VQVAE, got {type(model).__name__}")
+    K, positions = model.codebook_size, model.grid * model.grid
+    one_hot = torch.zeros(K, dtype=torch.float64)
+    one_hot[0] = 1.0
+    truth = positions * kl_divergence(one_hot, torch.full((K,), 1.0 / K, dtype=torch.float64)).item()
+    ok = abs(float(answer) - truth) <= 1e-3
+    return verdict(ok, f"KL = {positions} log {K} = {truth:.2f} nats per image, the same for every x"
+                   + ("" if ok else f"; you gave {float(answer):.2f}"))

@@ -227,3 +227,22 @@ def test_the_link_check_finds_a_missing_page_and_a_missing_anchor(tmp_path):
     assert any("b.html -> missing file" in p for p in problems)
     assert any("no anchor #gone" in p for p in problems)
     assert any("none.png -> missing file" in p for p in problems)
+
+
+def _check_site_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_site", ROOT / "tools" / "check_site.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_site_check_finds_a_machine_path_in_a_page_text_but_not_in_a_link():
+    cs = _check_site_module()
+    paths = ["/home/builder/.cache/companion", "/home/builder"]
+    page = '<p>Loaded cached weights from /home/builder/.cache/companion/gpt.pt</p><a href="/home/builder/x">x</a>'
+    hits = cs.shown_paths(page, paths)
+    assert hits and "/home/builder/.cache/companion/gpt.pt" in hits[0]
+    assert cs.shown_paths('<a href="/home/builder/x">a link</a>', paths) == []
+    assert str(ROOT) in cs.machine_paths()

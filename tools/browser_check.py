@@ -82,6 +82,15 @@ async ({widgetTimeout}) => {
   while ((m = re.exec(text)) !== null && out.raw_tex.length < 5) {
     out.raw_tex.push(text.slice(Math.max(0, m.index - 30), m.index + 40).replace(/\\s+/g, ' '));
   }
+  // code (cells, their outputs, code blocks) wider than its box: the reader would have to scroll sideways
+  document.querySelectorAll('main details').forEach(d => { d.open = true; });  // solutions too
+  out.scrolling_code = Array.from(document.querySelectorAll('main pre'))
+    .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
+    .map(e => {
+      const lines = e.textContent.split('\\n');
+      const widest = lines.reduce((a, b) => (b.length > a.length ? b : a), '');
+      return `${e.scrollWidth - e.clientWidth}px too wide (${widest.length} chars): ${widest.slice(0, 100)}`;
+    });
   const imgs = Array.from(document.images);
   await Promise.all(imgs.map(img => { img.loading = 'eager'; return img.decode().catch(() => null); }));
   out.images = imgs.map(img => ({
@@ -147,6 +156,7 @@ class PageReport:
     images: list[dict] = field(default_factory=list)
     dropdowns: int = 0
     widget_views: int = 0
+    scrolling_code: list[str] = field(default_factory=list)
     widgets_rendered: int = 0
     screenshot: str | None = None
 

@@ -1,13 +1,36 @@
-"""Check a built book: every page exists, no page loads a script from outside the site.
+"""Check a built book: every page exists, no page loads a script from outside the site, and no page
+shows a path of the machine that built it (the weight cache, the data folder, the checkout, $HOME).
 
 Usage: python tools/check_site.py _build/html
 """
 
+import os
 import re
 import sys
 from pathlib import Path
 
 EXTERNAL_SCRIPT = re.compile(r"""<script[^>]*\ssrc=["'](?:https?:)?//""", re.IGNORECASE)
+TAG = re.compile(r"<[^>]+>")
+
+
+def machine_paths() -> list[str]:
+    """Folders of this machine that a published page must not show (longest first)."""
+    root = Path(__file__).resolve().parents[1]
+    candidates = [str(root), str(Path.home())]
+    candidates += [os.environ[v] for v in ("COMPANION_CACHE", "COMPANION_DATA", "VIRTUAL_ENV") if os.environ.get(v)]
+    found = {str(Path(c).resolve()) for c in candidates} | set(candidates)
+    return sorted((c for c in found if len(c) > 1), key=len, reverse=True)
+
+
+def shown_paths(html: str, paths: list[str]) -> list[str]:
+    """The machine paths that occur in the page's text (tags removed: links and scripts do not count)."""
+    text = TAG.sub(" ", html)
+    hits = []
+    for p in paths:
+        i = text.find(p)
+        if i >= 0:
+            hits.append(" ".join(text[max(0, i - 40): i + len(p) + 40].split()))
+    return hits
 
 
 def main(site: str) -> int:
@@ -19,12 +42,18 @@ def main(site: str) -> int:
     bad = [(p, m.group(0)) for p in pages for m in EXTERNAL_SCRIPT.finditer(p.read_text(encoding="utf-8"))]
     for page, tag in bad:
         print(f"{page.relative_to(root)} loads a script from outside the site: {tag}")
+    paths = machine_paths()
+    leaks = [(p, hit) for p in pages if "_sources" not in p.parts
+             for hit in shown_paths(p.read_text(encoding="utf-8"), paths)]
+    for page, hit in leaks:
+        print(f"{page.relative_to(root)} shows a path of the build machine: ...{hit}...")
     mathjax = root / "mathjax" / "tex-mml-chtml.js"
     if not mathjax.exists():
         print(f"MathJax is not served by the site ({mathjax} is missing)")
         return 1
-    print(f"{len(pages)} pages checked: {'FAIL' if bad else 'no external scripts'}")
-    return 1 if bad else 0
+    failed = bool(bad or leaks)
+    print(f"{len(pages)} pages checked: {'FAIL' if failed else 'no external scripts, no machine paths'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
