@@ -175,10 +175,3 @@ def test_text_is_readable_in_light_and_dark_mode(site, scheme):
     result = site["checker"].text_contrast(path, color_scheme=scheme, screenshot=shot)
     assert result["theme"] == scheme, f"{path}: the theme did not follow the reader's {scheme} mode ({result})"
     assert result["ratio"] >= 4.5, f"{path} in {scheme} mode: text contrast {result['ratio']:.2f} < 4.5 ({result})"
-
-
-def test_no_code_needs_a_horizontal_scrollbar(site):
-    """Every code cell, output and code block fits the page's text column at the default width (1280 px)."""
-    failures = {p: r.scrolling_code[:8] for p, r in _content(site).items() if r.scrolling_code}
-    assert not failures, ("code wider than the page's column (format notebooks with `ruff format`, wrap long "
-                          "strings and outputs):\n" + _format(failures))

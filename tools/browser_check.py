@@ -156,7 +156,7 @@ class PageReport:
     images: list[dict] = field(default_factory=list)
     dropdowns: int = 0
     widget_views: int = 0
-    scrolling_code: list[str] = field(default_factory=list)
+    scrolling_code: list[str] = field(default_factory=list)  # measured (see --json); not yet a failure
     widgets_rendered: int = 0
     screenshot: str | None = None
 
