@@ -90,7 +90,8 @@ class VectorQuantizer(nn.Module):
 
         With the tiny uniform initialisation U(-1/K, 1/K) of common implementations (van den Oord
         et al. 2017 specify none) the encoder outputs start far from every code, the nearest code
-        is the same for all of them, and the other codes never move (codebook collapse). Starting the codes *at* encoder outputs avoids that.
+        is the same for all of them, and the other codes never move (codebook collapse). Starting
+        the codes *at* encoder outputs avoids that.
         """
         rows = self._to_rows(z_e)[0].detach()
         idx = torch.randint(rows.shape[0], (self.codebook_size,), generator=generator)

@@ -53,7 +53,8 @@ class Config:
         n_classes: number of labels (cvae).
         codebook_size, code_dim, channels, commitment: the VQ-VAE's K, D, conv width and beta_c.
         codebook_init: ``"data"`` (codes start at encoder outputs of the first batch) or
-            ``"uniform"`` (the tiny uniform initialisation U(-1/K, 1/K) of common implementations, which tends to collapse to a few codes).
+            ``"uniform"`` (the tiny uniform initialisation U(-1/K, 1/K) of common implementations,
+            which tends to collapse to a few codes).
         dead_code_window: every this many steps, codes unused during the window restart at
             random encoder outputs (0 = never).
         train_size: use only the first ``train_size`` training images (0 = all).
