@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/gan_debugging.py                      # all runs, writes the results JSON
     .venv/bin/python benchmarks/gan_debugging.py --runs dcgan --out /tmp/gan_debugging.json
+    .venv/bin/python benchmarks/gan_debugging.py --runs dcgan-long --every 1000 --out /tmp/long.json
+    .venv/bin/python benchmarks/gan_debugging.py --merge /tmp/gan_debugging.json /tmp/long.json
 
 Each run trains one model as ``python -m companion train MODEL`` does (its command-line defaults,
 seed 0; ``dcgan+diffaugment`` adds DiffAugment's translation and cutout) and, every ``--every``
@@ -42,6 +44,7 @@ RUNS = {  # name -> (model name of the registry, config overrides)
     "dcgan": ("dcgan", {}),
     "cgan": ("cgan", {}),
     "dcgan+diffaugment": ("dcgan", {"diffaugment": "translation,cutout"}),
+    "dcgan-long": ("dcgan", {"steps": 12000}),  # four times the default budget
 }
 
 
@@ -85,7 +88,8 @@ def run(name: str, every: int, n: int, classifier, progress: bool, steps: int | 
                   f"D(train) {r['d_train']:.3f} D(test) {r['d_test']:.3f} D(fake) {r['d_fake']:.3f}", flush=True)
 
     R.train(cfg, model, progress=False, callback=callback)
-    return {"run": name, "model": model_name, "config": R.config_dict(cfg), "records": records}
+    return {"run": name, "model": model_name, "config": R.config_dict(cfg), "every": every, "n": n,
+            "records": records}
 
 
 def main(argv=None) -> None:
@@ -101,7 +105,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
-        results = {**parts[0], "runs": [r for p in parts for r in p["runs"]]}
+        runs = [{"every": p["meta"]["every"], "n": p["meta"]["n"], **r} for p in parts for r in p["runs"]]
+        results = {**parts[0], "runs": runs, "merged_from": [p["meta"] for p in parts]}
     else:
         if args.every < 1 or args.n < 2:
             parser.error(f"--every must be >= 1 and --n >= 2, got {args.every} and {args.n}")
