@@ -16,7 +16,7 @@ NLL of those test images (k = 256). The first row is the real-vs-real baseline
 images, IS, coverage and label accuracy of the test images.
 
 Writes ``OUT.json`` (everything, with the machine, the load average and the data used) and
-``OUT.md`` (the table the book includes); default ``OUT`` is ``benchmarks/results/mnist_results``.
+``OUT.md`` (a Markdown table); default ``OUT`` is ``benchmarks/results/mnist_results``.
 Training times are wall-clock seconds of the training loop on this machine with
 ``torch.get_num_threads()`` threads; on a shared machine they are inflated by the other
 processes, so the load average before and after each run is recorded next to them.
