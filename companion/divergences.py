@@ -299,7 +299,7 @@ def check_forward_kl_fit(fn: Callable[[Tensor, Tensor], tuple[float, float]]) ->
 
     :math:`\mathrm{KL}(p \,\|\, \mathcal N(\mu, \sigma^2))` (a Riemann sum on the grid) is convex in
     :math:`(\mu/\sigma^2, 1/\sigma^2)`, so the answer is the minimum iff the gradient in
-    :math:`(\mu, \log\sigma)` vanishes there: checked (|gradient| < 1e-5) on a two-mode mixture and a
+    :math:`(\mu, \log\sigma)` vanishes there: checked (gradient norm below 1e-5) on a two-mode mixture and a
     skewed density, float64.
     """
     x = torch.linspace(-8.0, 12.0, 4001, dtype=torch.float64)
