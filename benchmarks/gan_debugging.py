@@ -52,12 +52,13 @@ def run(name: str, every: int, n: int, classifier, progress: bool, steps: int | 
     model_name, overrides = RUNS[name]
     cfg = R.resolve(make_config(model_name, {**overrides, **({"steps": steps} if steps else {})}))
     model = R.build_model(cfg)
-    x_ref, _ = reference_images("test", n, seed=0)
-    train_images = load_mnist("train")[0][:n] * 2 - 1  # the discriminator sees images in [-1, 1]
+    x_ref, y_ref = reference_images("test", n, seed=0)
+    x_train, y_train = load_mnist("train")
+    train_images = x_train[:n] * 2 - 1  # the discriminator sees images in [-1, 1]
     test_images = x_ref * 2 - 1
     labels = torch.arange(n) % 10 if model.n_classes else None
-    train_labels = load_mnist("train")[1][:n] if model.n_classes else None
-    test_labels = reference_images("test", n, seed=0)[1] if model.n_classes else None
+    train_labels = y_train[:n] if model.n_classes else None
+    test_labels = y_ref if model.n_classes else None
     records, eval_seconds, t0 = [], 0.0, time.perf_counter()
 
     def d_mean(x, y):

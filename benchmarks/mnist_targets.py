@@ -30,7 +30,7 @@ from provenance import provenance
 
 from companion.metrics import NOT_COMPARABLE_TO_PAPERS
 from companion.recipes.classifier import mnist_classifier
-from companion.runs import data_tag, evaluate_model, make_config, train_model
+from companion.runs import data_tag, evaluate_model, make_config, real_baseline, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "mnist_targets"
@@ -123,8 +123,6 @@ def main(argv=None) -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         warnings.filterwarnings("ignore", message=".*offline fallback.*")
-        from companion.runs import real_baseline
-
         classifier = mnist_classifier(progress=not args.no_progress)
         baseline = real_baseline(classifier, N)
         rows = []

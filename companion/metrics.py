@@ -50,6 +50,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from companion.checks import verdict
+
 __all__ = [
     "NOT_COMPARABLE_TO_PAPERS",
     "check_images",
@@ -64,6 +66,7 @@ __all__ = [
     "label_accuracy",
     "precision_recall",
     "image_metrics",
+    "check_collapse_prediction",
 ]
 
 NOT_COMPARABLE_TO_PAPERS = (
@@ -388,8 +391,6 @@ def check_collapse_prediction(inception: float, class_kl: float, n_kept: int = 5
     The truth is computed by :func:`inception_score` and :func:`class_kl_to_uniform` on such
     one-hot predictions; relative tolerance 1e-3.
     """
-    from companion.checks import verdict  # appended here so the module's imports stay untouched
-
     if not 1 <= n_kept <= n_classes:
         raise ValueError(f"need 1 <= n_kept <= n_classes, got n_kept = {n_kept}, n_classes = {n_classes}")
     probs = torch.eye(n_classes, dtype=torch.float64)[torch.arange(100 * n_kept) % n_kept]  # (N, K) one-hot
@@ -401,5 +402,3 @@ def check_collapse_prediction(inception: float, class_kl: float, n_kept: int = 5
     return verdict(ok, "; ".join(says) + ("" if ok else " (IS = exp of the mean KL from each prediction to the "
                                                      "marginal; class KL = KL(class frequencies || uniform))"))
 
-
-__all__.append("check_collapse_prediction")
