@@ -325,11 +325,13 @@ def load_mnist(split: str = "train", *, as_tensor: bool = True, normalize: bool 
                 ) from exc
     if (split == "train" or _fallback_enabled()) and train is None:
         if not _fallback_warned:
-            warnings.warn(
+            # attributed to the module, not to the caller's file: a notebook's caller is a temporary
+            # file of its kernel, whose path would otherwise show on every published page
+            warnings.warn_explicit(
                 f"MNIST training images are not available: using the offline fallback ({FALLBACK_ENV}=1), "
                 f"training split = first {FALLBACK_TRAIN_SIZE:,} official test images, "
                 f"test split = last {10_000 - FALLBACK_TRAIN_SIZE:,}.",
-                MNISTFallbackWarning, stacklevel=2,
+                MNISTFallbackWarning, filename="companion.data", lineno=0, module="companion.data",
             )
             _fallback_warned = True
         test = _load_official("test")

@@ -79,8 +79,10 @@ def test_missing_training_files_offline_raise_and_explain_the_fallback(fake_mnis
 
 def test_fallback_is_opt_in_disjoint_and_warns_once(fake_mnist, monkeypatch):
     monkeypatch.setenv("COMPANION_MNIST_FALLBACK", "1")
-    with pytest.warns(MNISTFallbackWarning, match="first 8,000"):
+    with pytest.warns(MNISTFallbackWarning, match="first 8,000") as record:
         x_train, y_train = load_mnist("train")
+    # attributed to the module, so that a notebook's output names no temporary file of its kernel
+    assert [w.filename for w in record if w.category is MNISTFallbackWarning] == ["companion.data"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second warning would raise here
         x_test, y_test = load_mnist("test")

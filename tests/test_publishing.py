@@ -246,3 +246,10 @@ def test_the_site_check_finds_a_machine_path_in_a_page_text_but_not_in_a_link():
     assert hits and "/home/builder/.cache/companion/gpt.pt" in hits[0]
     assert cs.shown_paths('<a href="/home/builder/x">a link</a>', paths) == []
     assert str(ROOT) in cs.machine_paths()
+
+
+def test_the_site_check_finds_a_kernel_cell_file_and_the_fallback_warning_names_no_file():
+    cs = _check_site_module()
+    page = "<pre>/tmp/ipykernel_6144/2093162824.py:1: MNISTFallbackWarning: ...</pre>"
+    assert cs.shown_paths(page, []) == ["/tmp/ipykernel_6144/2093162824.py"]
+    assert cs.shown_paths("<p>a kernel runs each cell</p>", []) == []

@@ -107,6 +107,15 @@ def test_no_raw_tex_delimiters_in_visible_text(site):
     assert not failures, "raw TeX delimiters ($$, \\(, \\[, \\begin) in the text:\n" + _format(failures)
 
 
+def test_no_code_box_needs_a_horizontal_scrollbar(site):
+    """Code cells, their outputs and code blocks (solutions opened) fit the page's column at 1280 px."""
+    failures = {p: r.scrolling_code for p, r in _content(site).items() if r.scrolling_code}
+    assert not failures, (
+        "code boxes wider than the column (format notebook code with `ruff format notebooks`, 80 columns; "
+        "break long lines in Markdown code blocks by hand):\n" + _format(failures)
+    )
+
+
 def test_every_image_loads(site):
     failures = {p: r.broken_images for p, r in _content(site).items() if r.broken_images}
     assert not failures, "images that did not load (naturalWidth 0):\n" + _format(failures)

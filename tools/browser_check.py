@@ -12,8 +12,9 @@ that needs the network fails here as it would for an offline reader.
 
 Per page it records: console errors and uncaught exceptions, failed or 4xx/5xx requests,
 math elements that MathJax did not typeset and MathJax's own TeX errors, raw TeX delimiters
-left in the visible text, images that did not load or have no descriptive alt text, dropdowns,
-and saved ipywidgets (whether the widget manager rendered them).
+left in the visible text, images that did not load or have no descriptive alt text, code boxes
+(cells, outputs, code blocks, solutions opened) wider than the page's column, dropdowns, and saved
+ipywidgets (whether the widget manager rendered them).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class PageReport:
     images: list[dict] = field(default_factory=list)
     dropdowns: int = 0
     widget_views: int = 0
-    scrolling_code: list[str] = field(default_factory=list)  # measured (see --json); not yet a failure
+    scrolling_code: list[str] = field(default_factory=list)  # code boxes the reader must scroll sideways
     widgets_rendered: int = 0
     screenshot: str | None = None
 
@@ -186,6 +187,7 @@ class PageReport:
         out += [f"raw TeX in the text: ...{t}..." for t in self.raw_tex]
         out += [f"image did not load: {s}" for s in self.broken_images]
         out += [f"image without descriptive alt text: {s}" for s in self.images_without_alt]
+        out += [f"code box scrolls sideways at {VIEWPORT['width']} px: {c}" for c in self.scrolling_code]
         if self.widget_views and not self.widgets_rendered:
             out.append(f"{self.widget_views} saved widget(s) not rendered")
         return out

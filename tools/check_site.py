@@ -1,5 +1,6 @@
 """Check a built book: every page exists, no page loads a script from outside the site, and no page
-shows a path of the machine that built it (the weight cache, the data folder, the checkout, $HOME).
+shows a path of the machine that built it (the weight cache, the data folder, the checkout, $HOME, a
+kernel's temporary cell files).
 
 Usage: python tools/check_site.py _build/html
 """
@@ -11,6 +12,8 @@ from pathlib import Path
 
 EXTERNAL_SCRIPT = re.compile(r"""<script[^>]*\ssrc=["'](?:https?:)?//""", re.IGNORECASE)
 TAG = re.compile(r"<[^>]+>")
+# the temporary file a Jupyter kernel compiles each cell into (shown by warnings and tracebacks)
+KERNEL_FILE = re.compile(r"\S*/ipykernel_\d+/\d+\.py")
 
 
 def machine_paths() -> list[str]:
@@ -30,6 +33,7 @@ def shown_paths(html: str, paths: list[str]) -> list[str]:
         i = text.find(p)
         if i >= 0:
             hits.append(" ".join(text[max(0, i - 40): i + len(p) + 40].split()))
+    hits += [m.group(0) for m in KERNEL_FILE.finditer(text)]
     return hits
 
 
