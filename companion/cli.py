@@ -3,11 +3,16 @@
 Every model of the book trains through its recipe (:mod:`companion.recipes`), the same code
 the notebooks call, so a chapter's quick run and a long run here differ only in the config::
 
-    python -m companion train vae --epochs 60 --out runs/vae            # tqdm progress, checkpoint, metrics JSON
-    python -m companion train vae --out runs/vae --resume --epochs 20   # 20 more epochs from the checkpoint
-    python -m companion sample vae --checkpoint runs/vae/checkpoint.pt -n 64 --out vae.png
-    python -m companion evaluate dcgan --checkpoint runs/dcgan/checkpoint.pt --json dcgan.json
-    torchrun --nproc_per_node=2 -m companion train classifier --epochs 2   # data parallel (gloo on CPU)
+    # progress bar, then checkpoint, config and metrics JSON in runs/vae
+    python -m companion train vae --epochs 60 --out runs/vae
+    # 20 more epochs from the checkpoint
+    python -m companion train vae --out runs/vae --resume --epochs 20
+    python -m companion sample vae --checkpoint runs/vae/checkpoint.pt \\
+        -n 64 --out vae.png
+    python -m companion evaluate dcgan \\
+        --checkpoint runs/dcgan/checkpoint.pt --json dcgan.json
+    # data parallel over two processes (gloo on CPU)
+    torchrun --nproc_per_node=2 -m companion train classifier --epochs 2
 
 Every field of a recipe's ``Config`` is an option (``--z-dim 16``, ``--hidden 512,256``,
 ``--spectral-norm/--no-spectral-norm``); ``python -m companion train MODEL --help`` lists them.
