@@ -190,42 +190,47 @@ class SelfAttention2d(nn.Module):
 class DCGANGenerator(_ConditionalGenerator):
     """DCGAN-style generator for 28 x 28 images (Radford et al., 2016).
 
-    z [, onehot(y)] -> Linear -> (2C, 7, 7) -> ConvT -> (C, 14, 14) [-> SelfAttention2d]
-    -> ConvT -> (1, 28, 28) -> tanh; batch norm and ReLU between layers. C = ``base``.
+    z [, onehot(y)] -> Linear -> (4C, 7, 7) -> ConvT -> (2C, 14, 14) [-> SelfAttention2d]
+    -> ConvT -> (C, 28, 28) -> Conv 3 x 3 -> (1, 28, 28) -> tanh; batch norm and ReLU between
+    layers. C = ``base``. Two up-sampling stages of halving width, as in the paper's networks;
+    the last 3 x 3 convolution draws the strokes at full resolution from C feature maps.
     """
 
-    def __init__(self, latent_dim: int = 64, base: int = 32, n_classes: int = 0, self_attention: bool = False):
+    def __init__(self, latent_dim: int = 64, base: int = 16, n_classes: int = 0, self_attention: bool = False):
         super().__init__()
         self.latent_dim, self.n_classes, self.base = latent_dim, n_classes, base
-        self.project = nn.Sequential(nn.Linear(latent_dim + n_classes, 2 * base * 49), nn.BatchNorm1d(2 * base * 49),
+        self.project = nn.Sequential(nn.Linear(latent_dim + n_classes, 4 * base * 49), nn.BatchNorm1d(4 * base * 49),
                                      nn.ReLU())
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * base, base, 4, 2, 1), nn.BatchNorm2d(base), nn.ReLU())
-        self.attention = SelfAttention2d(base) if self_attention else nn.Identity()
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(base, 1, 4, 2, 1), nn.Tanh())
+        self.up1 = nn.Sequential(nn.ConvTranspose2d(4 * base, 2 * base, 4, 2, 1), nn.BatchNorm2d(2 * base), nn.ReLU())
+        self.attention = SelfAttention2d(2 * base) if self_attention else nn.Identity()
+        self.up2 = nn.Sequential(nn.ConvTranspose2d(2 * base, base, 4, 2, 1), nn.BatchNorm2d(base), nn.ReLU())
+        self.to_image = nn.Sequential(nn.Conv2d(base, 1, 3, 1, 1), nn.Tanh())
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """z: (B, latent_dim), y: (B,) labels if conditional -> images: (B, 1, 28, 28)."""
-        h = self.project(self._input(z, y)).view(-1, 2 * self.base, 7, 7)
-        return self.up2(self.attention(self.up1(h)))
+        h = self.project(self._input(z, y)).view(-1, 4 * self.base, 7, 7)
+        return self.to_image(self.up2(self.attention(self.up1(h))))
 
 
 class DCGANDiscriminator(nn.Module):
     """DCGAN-style discriminator: (B, 1, 28, 28) [, y] -> logits (B,).
 
-    Conv(4, stride 2) -> (C, 14, 14) [-> SelfAttention2d] -> Conv(4, stride 2) -> (2C, 7, 7),
-    LeakyReLU(0.2), no batch norm (so that gradient penalties stay per-example).
+    Conv(4, stride 2) -> (C, 14, 14) [-> SelfAttention2d] -> Conv(4, stride 2) -> (2C, 7, 7)
+    -> Conv(3, stride 2) -> (4C, 4, 4) -> projection head; LeakyReLU(0.2), no batch norm (so
+    that gradient penalties stay per-example).
     """
 
-    def __init__(self, base: int = 32, n_classes: int = 0, self_attention: bool = False):
+    def __init__(self, base: int = 16, n_classes: int = 0, self_attention: bool = False):
         super().__init__()
         self.n_classes = n_classes
         self.features = nn.Sequential(
             nn.Conv2d(1, base, 4, 2, 1), nn.LeakyReLU(0.2),
             SelfAttention2d(base) if self_attention else nn.Identity(),
             nn.Conv2d(base, 2 * base, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * base, 4 * base, 3, 2, 1), nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
-        self.head = _ProjectionHead(2 * base * 49, n_classes)
+        self.head = _ProjectionHead(4 * base * 16, n_classes)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """x: (B, 1, 28, 28), y: (B,) labels if conditional -> logits: (B,)."""

@@ -582,3 +582,18 @@ def test_compare_variants_gives_one_row_per_variant_and_seed():
     assert [(r["variant"], r["seed"]) for r in rows] == [("ns", 0), ("ns", 1), ("cond", 0), ("cond", 1)]
     assert "label_accuracy" in rows[2] and "label_accuracy" not in rows[0]
     assert models["cond", 1].n_classes == 8
+
+
+def test_batch_norm_recalibration_gives_the_statistics_of_the_current_weights():
+    torch.manual_seed(0)
+    g = gan_networks.DCGANGenerator(latent_dim=8, base=4)
+    with torch.no_grad():  # stale statistics, as after the moving average replaced the weights
+        g.project[1].running_mean.fill_(5.0)
+        g.project[1].running_var.fill_(9.0)
+    momentum = g.project[1].momentum
+    recipe.recalibrate_batch_norm(g, 64, torch.Generator().manual_seed(1), n_batches=20)
+    with torch.no_grad():
+        pre = g.project[0](torch.randn(4096, 8))
+    torch.testing.assert_close(g.project[1].running_mean, pre.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(g.project[1].running_var, pre.var(0), atol=0.05, rtol=0.1)
+    assert g.project[1].momentum == momentum and g.training
