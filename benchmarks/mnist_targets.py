@@ -118,7 +118,7 @@ def main(argv=None) -> None:
         parts = [json.loads(p.read_text()) for p in args.merge]
         rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: (MODELS.index(r["model"]), r["seed"]))
         results = {**parts[0], "rows": rows, "summary": summary(rows),
-                   "merged_from": [p["meta"] for p in parts]}
+                   "merged_from": [m for p in parts for m in p.get("merged_from", [p["meta"]])]}
     else:
         if args.threads:
             torch.set_num_threads(args.threads)

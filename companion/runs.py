@@ -63,9 +63,9 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               fixed={"family": "cvae"}, defaults={"z_dim": 4}, conditional=True, likelihood=True),
     ModelSpec("vqvae", "companion.recipes.vae", "vector-quantised VAE with a per-position code prior (MNIST)",
               fixed={"family": "vqvae"}),
-    # unconditional GANs: lr 1e-3 (the recipe's MNIST rate, 2e-4, collapses the MLP GAN: one digit is 99% of
-    # its samples after 500 steps; the DCGAN at 2e-4: FID 187 vs 120 at 3,000 steps), more steps, a moving
-    # average of G's weights (MLP GAN: FID 142 -> 81 at 3,000 steps), the MLP GAN at width 512 (FID 77 -> 58
+    # MNIST GANs: lr 1e-3 (the recipe's MNIST rate, 2e-4, collapses the MLP GAN: one digit is 99% of
+    # its samples after 500 steps; the 2-stage DCGAN at 2e-4: FID 187 vs 120 at 3,000 steps), more steps, a
+    # moving average of G's weights (MLP GAN: FID 142 -> 81 at 3,000 steps), the MLP GAN at width 512 (FID 77 -> 58
     # at 6,000 steps); offline fallback split (benchmarks/results/mnist_targets.json, chapter 04_2 section 8)
     ModelSpec("gan", "companion.recipes.gan", "MLP GAN, non-saturating loss (MNIST)",
               fixed={"data": "mnist", "arch": "mlp", "conditional": False},
@@ -74,8 +74,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               fixed={"data": "mnist", "arch": "dcgan", "conditional": False},
               defaults={"loss": "ns", "steps": 6000, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}),
     ModelSpec("cgan", "companion.recipes.gan", "conditional DCGAN: generates a requested digit (MNIST)",
-              fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, defaults={"loss": "ns"},
-              conditional=True),
+              fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, conditional=True,
+              defaults={"loss": "ns", "steps": 6000, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}),
     ModelSpec("wgan-gp", "companion.recipes.gan", "Wasserstein GAN with gradient penalty (MNIST)",
               fixed={"data": "mnist", "loss": "wgan-gp", "conditional": False}, defaults={"arch": "dcgan"}),
     ModelSpec("gpt", "companion.recipes.gpt", "character-level GPT on tiny-shakespeare", kind="text"),
