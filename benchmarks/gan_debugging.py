@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from provenance import provenance
+from provenance import merged_provenance, provenance
 
 from companion import metrics as M
 from companion.data import load_mnist
@@ -111,8 +111,7 @@ def main(argv=None) -> None:
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         runs = [{"every": p["meta"]["every"], "n": p["meta"]["n"], **r} for p in parts for r in p["runs"]]
-        merged_from = [m for p in parts for m in p.get("merged_from", [p["meta"]])]  # merges of merges keep all
-        results = {**parts[0], "runs": runs, "merged_from": merged_from}
+        results = {**parts[0], "runs": runs, "merged_from": merged_provenance(parts)}
     else:
         if args.every < 1 or args.n < 2:
             parser.error(f"--every must be >= 1 and --n >= 2, got {args.every} and {args.n}")

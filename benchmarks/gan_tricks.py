@@ -20,21 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 from pathlib import Path
 
+import mnist_targets
 import torch
-from provenance import provenance
+from provenance import merged_provenance, provenance
 
 from companion.metrics import NOT_COMPARABLE_TO_PAPERS
 from companion.recipes.classifier import mnist_classifier
-from companion.runs import data_tag, evaluate_model, make_config, real_baseline, train_model
+from companion.runs import data_tag, real_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gan_tricks"
-N = 1000
+N = mnist_targets.N
 TRICKS: dict[str, tuple[str, dict]] = {  # name -> (what it changes, config overrides of the dcgan model)
     "baseline": ("the DCGAN with its command-line settings", {}),
     "sn": ("spectral normalisation of every layer of D", {"spectral_norm": True}),
@@ -47,15 +47,10 @@ TRICKS: dict[str, tuple[str, dict]] = {  # name -> (what it changes, config over
 
 
 def run_one(name: str, steps: int, seed: int, classifier, progress: bool) -> dict:
+    """One row: the dcgan with trick ``name``, scored as in ``mnist_targets.py`` (its targets are not checked)."""
     what, overrides = TRICKS[name]
-    cfg = make_config("dcgan", {**overrides, "steps": steps, "seed": seed})
-    model, history, _ = train_model("dcgan", cfg, progress=progress, retrain=True)
-    result = evaluate_model("dcgan", cfg, model, n=N, progress=progress, classifier=classifier)
-    shares = [c / N for c in result["histogram"]]
-    return {"trick": name, "what": what, "seed": seed, "steps": steps,
-            "config": json.loads(json.dumps(cfg.__dict__, default=str)), "train_seconds": history.seconds,
-            "load_average": os.getloadavg()[0], "fid": result["fid"], "inception_score": result["inception_score"],
-            "coverage": result["coverage"], "digit_min": min(shares), "digit_max": max(shares)}
+    row = mnist_targets.run_one("dcgan", seed, classifier, progress, overrides={**overrides, "steps": steps})
+    return {"trick": name, "what": what, "steps": steps, **{k: v for k, v in row.items() if k != "targets"}}
 
 
 def markdown(results: dict) -> str:
@@ -91,7 +86,7 @@ def main(argv=None) -> None:
         parts = [json.loads(p.with_suffix(".json").read_text()) for p in args.merge]
         rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: list(TRICKS).index(r["trick"]))
         results = {**parts[0], "rows": rows,
-                   "merged_from": [m for p in parts for m in p.get("merged_from", [p["meta"]])]}
+                   "merged_from": merged_provenance(parts)}
     else:
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")

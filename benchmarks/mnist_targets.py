@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from provenance import provenance
+from provenance import merged_provenance, provenance
 
 from companion.metrics import NOT_COMPARABLE_TO_PAPERS
 from companion.recipes.classifier import mnist_classifier
@@ -50,8 +50,9 @@ def met(value: float, op: str, threshold: float) -> bool:
     return value >= threshold if op == ">=" else value <= threshold
 
 
-def run_one(name: str, seed: int, classifier, progress: bool) -> dict:
-    cfg = make_config(name, {"seed": seed})
+def run_one(name: str, seed: int, classifier, progress: bool, overrides: dict | None = None) -> dict:
+    """Train ``name`` with its command-line defaults (and ``overrides``), seed ``seed``, and score it: one row."""
+    cfg = make_config(name, {**(overrides or {}), "seed": seed})
     cpu0 = time.process_time()
     model, history, _ = train_model(name, cfg, progress=progress, retrain=True)
     cpu = time.process_time() - cpu0
@@ -118,7 +119,7 @@ def main(argv=None) -> None:
         parts = [json.loads(p.read_text()) for p in args.merge]
         rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: (MODELS.index(r["model"]), r["seed"]))
         results = {**parts[0], "rows": rows, "summary": summary(rows),
-                   "merged_from": [m for p in parts for m in p.get("merged_from", [p["meta"]])]}
+                   "merged_from": merged_provenance(parts)}
     else:
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -43,3 +43,8 @@ def provenance(*paths: str) -> dict:
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
     }
+
+
+def merged_provenance(parts: list[dict]) -> list[dict]:
+    """The ``meta`` of every run behind result files being merged (a merged file lists all of its own parts)."""
+    return [m for p in parts for m in p.get("merged_from", [p["meta"]])]
