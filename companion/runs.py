@@ -56,6 +56,7 @@ class ModelSpec:
             raise RunError(f"model {self.name!r}: its recipe {self.recipe} cannot be imported ({exc})") from exc
 
 
+DCGAN_DEFAULTS = {"loss": "ns", "steps": 6000, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}  # the DCGAN and the cGAN
 MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("vae", "companion.recipes.vae", "MLP variational autoencoder, Bernoulli decoder (MNIST)",
               fixed={"family": "vae"}, defaults={"z_dim": 20}, likelihood=True),
@@ -71,11 +72,9 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               fixed={"data": "mnist", "arch": "mlp", "conditional": False},
               defaults={"loss": "ns", "steps": 6000, "hidden": 512, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}),
     ModelSpec("dcgan", "companion.recipes.gan", "DCGAN: convolutional generator and discriminator (MNIST)",
-              fixed={"data": "mnist", "arch": "dcgan", "conditional": False},
-              defaults={"loss": "ns", "steps": 6000, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}),
+              fixed={"data": "mnist", "arch": "dcgan", "conditional": False}, defaults=DCGAN_DEFAULTS),
     ModelSpec("cgan", "companion.recipes.gan", "conditional DCGAN: generates a requested digit (MNIST)",
-              fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, conditional=True,
-              defaults={"loss": "ns", "steps": 6000, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}),
+              fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, conditional=True, defaults=DCGAN_DEFAULTS),
     ModelSpec("wgan-gp", "companion.recipes.gan", "Wasserstein GAN with gradient penalty (MNIST)",
               fixed={"data": "mnist", "loss": "wgan-gp", "conditional": False}, defaults={"arch": "dcgan"}),
     ModelSpec("gpt", "companion.recipes.gpt", "character-level GPT on tiny-shakespeare", kind="text"),
