@@ -24,7 +24,8 @@ which cannot run code hidden in a file; the config is also written as readable J
 
 Quality over training: ``train MODEL --eval-every 500`` (MNIST image generators) records FID, IS and
 class coverage of ``--eval-n`` samples (default 1,000) every 500 steps in the metrics JSON. ``sample gpt``
-takes ``--temperature``, ``--top-k`` and ``--top-p`` over the checkpoint's config. Output paths are checked
+takes ``--temperature``, ``--top-k`` and ``--top-p`` over the checkpoint's config, ``sample flow`` and
+``sample cflow`` take ``--steps``, ``--sampler`` and (``cflow``) ``--guidance``. Output paths are checked
 before any training, sampling or evaluation; a NaN or infinite loss stops training with an error and
 keeps the last good checkpoint; JSON files are strict (non-finite numbers are written as ``null``).
 
@@ -263,7 +264,11 @@ SAMPLING_FIELDS = {  # config fields `sample` may override, and what they do
     "temperature": "divide the logits by it: < 1 sharpens, > 1 flattens, 0 = greedy",
     "top_k": "keep only the k most probable tokens (none: all)",
     "top_p": "nucleus sampling: keep the most probable tokens up to probability p, in (0, 1] (none: all)",
+    "sampler": "the ODE solver of flow matching: euler or heun",
+    "sample_steps": "solver steps from noise to image (flow matching)",
+    "guidance": "classifier-free guidance scale: 0 unconditional, 1 conditional, > 1 guided",
 }
+SAMPLING_FLAGS = {"sample_steps": "steps"}  # `sample --steps N`: the sampler's steps, not the training's
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, spec: ModelSpec) -> None:
@@ -276,7 +281,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, spec: ModelSpec) -> None:
         if f.name in SAMPLING_FIELDS:
             text = docs.get(f.name) or SAMPLING_FIELDS[f.name]
             help_ = f"{text} (default: the checkpoint's config)".replace("%", "%%")
-            p.add_argument("--" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", type=_parser_for(annotation)[0],
+            flag = "--" + SAMPLING_FLAGS.get(f.name, f.name).replace("_", "-")
+            p.add_argument(flag, dest=f"cfg_{f.name}", type=_parser_for(annotation)[0],
                            default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
 
 

@@ -64,10 +64,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               fixed={"family": "cvae"}, defaults={"z_dim": 4}, conditional=True, likelihood=True),
     ModelSpec("vqvae", "companion.recipes.vae", "vector-quantised VAE with a per-position code prior (MNIST)",
               fixed={"family": "vqvae"}),
-    # MNIST GANs: lr 1e-3 (the recipe's MNIST rate, 2e-4, collapses the MLP GAN: one digit is 99% of
-    # its samples after 500 steps; the 2-stage DCGAN at 2e-4: FID 187 vs 120 at 3,000 steps), more steps, a
-    # moving average of G's weights (MLP GAN: FID 142 -> 81 at 3,000 steps), the MLP GAN at width 512 (FID 77 -> 58
-    # at 6,000 steps); offline fallback split (benchmarks/results/mnist_targets.json, chapter 04_2 section 8)
+    # MNIST GANs: lr 1e-3, 6,000 steps, a moving average of G (the measurements behind these choices: chapter 04_2
+    # section 8 and benchmarks/results/{gan_debugging,mnist_targets}.json)
     ModelSpec("gan", "companion.recipes.gan", "MLP GAN, non-saturating loss (MNIST)",
               fixed={"data": "mnist", "arch": "mlp", "conditional": False},
               defaults={"loss": "ns", "steps": 6000, "hidden": 512, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}),
@@ -77,6 +75,10 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, conditional=True, defaults=DCGAN_DEFAULTS),
     ModelSpec("wgan-gp", "companion.recipes.gan", "Wasserstein GAN with gradient penalty (MNIST)",
               fixed={"data": "mnist", "loss": "wgan-gp", "conditional": False}, defaults={"arch": "dcgan"}),
+    ModelSpec("flow", "companion.recipes.flow_matching", "flow matching with a U-Net, Euler sampler (MNIST)",
+              fixed={"conditional": False}),
+    ModelSpec("cflow", "companion.recipes.flow_matching", "digit-conditional flow matching, classifier-free "
+              "guidance (MNIST)", fixed={"conditional": True}, conditional=True),
     ModelSpec("gpt", "companion.recipes.gpt", "character-level GPT on tiny-shakespeare", kind="text"),
     ModelSpec("transformer", "companion.recipes.transformer", "encoder-decoder Transformer", kind="text"),
     ModelSpec("classifier", "companion.recipes.classifier", "the MNIST CNN classifier behind the image metrics",
