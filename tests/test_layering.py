@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "distributed": 2,
     "data": 2,
     "plotting": 2,
+    "human_eval": 2,
     "env": 2,
     # 3: recipes (a model's config, data and training loop)
     "recipes": 3,
