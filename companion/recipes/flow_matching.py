@@ -37,7 +37,7 @@ from companion.flow_matching import drop_labels, euler_sample, flow_matching_los
 from companion.train import History, train_loop, warmup_cosine_lr
 from companion.unet import UNet
 
-__all__ = ["Config", "config_dict", "build_model", "train", "sample", "evaluate", "SAMPLERS"]
+__all__ = ["Config", "config_dict", "build_model", "train", "sample", "evaluate"]
 
 SAMPLERS = {"euler": euler_sample, "heun": heun_sample}
 
