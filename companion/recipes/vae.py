@@ -1,4 +1,5 @@
-"""Training recipe for the VAE family (chapter "Variational autoencoders"): ``vae``, ``cvae``, ``vqvae``.
+"""Training recipe for the VAE family (chapter "Variational autoencoders"): ``vae``, ``cvae``, ``vqvae``, and the
+plain autoencoder ``ae`` (the VAE's networks without noise or KL, :mod:`companion.autoencoder`).
 
 The notebooks ``05_2`` and ``05_3``, ``benchmarks/vae_mnist.py`` and the command-line trainer all
 train through :func:`train`, so a chapter's model and a long run differ only in their
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from companion import distributed
+from companion.autoencoder import Autoencoder
 from companion.data import load_mnist, mnist_is_fallback
 from companion.layers import ACTIVATIONS
 from companion.train import History, minibatches, train_loop, warmup_cosine_lr
@@ -27,7 +29,7 @@ __all__ = ["Config", "build_model", "train", "evaluate", "sample", "FAMILIES", "
 
 DISTRIBUTED = True  # train() runs under torchrun (companion.distributed: DDP loss, sharded data)
 
-FAMILIES = ("vae", "cvae", "vqvae")
+FAMILIES = ("vae", "cvae", "vqvae", "ae")
 
 # The cvae's latent size. With z_dim = 20 the encoder also writes the digit's class into z (a
 # nearest-class-mean reader finds it there), the decoder follows z rather than y, and a random
@@ -42,7 +44,7 @@ class Config:
     """Every setting of a VAE-family run (JSON-serialisable; the cache key of ``train_or_load``).
 
     Attributes:
-        family: ``"vae"``, ``"cvae"`` (conditioned on the digit) or ``"vqvae"``.
+        family: ``"vae"``, ``"cvae"`` (conditioned on the digit), ``"vqvae"`` or ``"ae"`` (plain autoencoder).
         hidden, z_dim, activation: MLP widths (encoder order), latent size, nonlinearity (vae, cvae).
             z_dim: 20 for the vae, 4 for the cvae (see CVAE_Z_DIM: a larger z carries the class).
         epochs: passes over the training data (may be fractional).
@@ -132,6 +134,8 @@ def build_model(cfg: Config) -> nn.Module:
         torch.manual_seed(cfg.seed)
         if cfg.family == "vae":
             return VAE((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.activation)
+        if cfg.family == "ae":
+            return Autoencoder((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.activation)
         if cfg.family == "cvae":
             return CVAE((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.activation, n_classes=cfg.n_classes)
         return VQVAE(cfg.codebook_size, cfg.code_dim, cfg.channels, cfg.commitment)
