@@ -46,6 +46,7 @@ __all__ = [
     "PAD", "BOS", "EOS", "N_SPECIAL", "VOCAB_SIZE",
     "DigitTask",
     "is_held_out",
+    "token_probabilities",
     "tokens_to_str",
     "str_to_tokens",
     "exact_sequence_accuracy",
@@ -221,6 +222,22 @@ def evaluate_seq2seq(model: nn.Module, src: Tensor, tgt: Tensor, batch_size: int
         tok_total += int(real.sum())
     model.train(was)
     return {"exact_acc": float(torch.cat(exact).float().mean()), "token_acc": tok_right / tok_total}
+
+
+@torch.no_grad()
+def token_probabilities(model: nn.Module, src: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
+    """Teacher-forced next-token distributions on the non-pad target positions, for calibration.
+
+    ``src: (B, S)``, ``tgt: (B, T)`` (with BOS) -> ``probs: (N, VOCAB_SIZE)`` (softmax of
+    ``model(src, tgt[:, :-1])``) and ``targets: (N,)`` (``tgt[:, 1:]``), N = the non-pad targets.
+    """
+    was = model.training
+    model.eval()
+    logits = model(src, tgt[:, :-1])
+    model.train(was)
+    targets = tgt[:, 1:]
+    keep = targets != PAD
+    return logits.softmax(-1)[keep], targets[keep]
 
 
 @torch.no_grad()

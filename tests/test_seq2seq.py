@@ -140,3 +140,23 @@ def test_attention_offset_profile_finds_known_patterns():
     assert prof["cross"][0, :, [0, 1, 3, 4]].abs().max() == 0
     assert prof["decoder_self"][0, 0, 1] > 0.8  # offset -1 (t = 0 has no earlier key)
     assert torch.isnan(prof["decoder_self"][0, :, 3:]).all(), "future keys are invisible: NaN"
+
+
+def test_token_probabilities_are_the_teacher_forced_softmax_on_non_pad_targets():
+    from companion.seq2seq import PAD, VOCAB_SIZE, DigitTask, LSTMSeq2Seq, token_probabilities
+
+    torch.manual_seed(0)
+    model = LSTMSeq2Seq(VOCAB_SIZE, d_embed=8, d_hidden=8)
+    src, tgt = DigitTask("reverse", 2, 5).sample(6, torch.Generator().manual_seed(0))
+    model.train()
+    probs, targets = token_probabilities(model, src, tgt)
+    assert model.training  # the mode is restored
+    n_real = int((tgt[:, 1:] != PAD).sum())
+    assert probs.shape == (n_real, VOCAB_SIZE) and targets.shape == (n_real,)
+    assert (targets != PAD).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(n_real))
+    model.eval()
+    with torch.no_grad():
+        logits = model(src, tgt[:, :-1])
+    first = logits[0, 0].softmax(-1)  # the first target of the first example is never PAD
+    torch.testing.assert_close(probs[0], first)
