@@ -25,7 +25,8 @@ which cannot run code hidden in a file; the config is also written as readable J
 Quality over training: ``train MODEL --eval-every 500`` (MNIST image generators) records FID, IS and
 class coverage of ``--eval-n`` samples (default 1,000) every 500 steps in the metrics JSON. ``sample gpt``
 takes ``--temperature``, ``--top-k`` and ``--top-p`` over the checkpoint's config, ``sample flow`` and
-``sample cflow`` take ``--steps``, ``--sampler`` and (``cflow``) ``--guidance``. Output paths are checked
+``sample cflow`` take ``--steps``, ``--sampler`` and (``cflow``) ``--guidance``, ``sample ddpm`` ``--steps``,
+``--sampler`` (``ddim`` or ``ddpm``) and ``--eta``. Output paths are checked
 before any training, sampling or evaluation; a NaN or infinite loss stops training with an error and
 keeps the last good checkpoint; JSON files are strict (non-finite numbers are written as ``null``).
 
@@ -264,8 +265,9 @@ SAMPLING_FIELDS = {  # config fields `sample` may override, and what they do
     "temperature": "divide the logits by it: < 1 sharpens, > 1 flattens, 0 = greedy",
     "top_k": "keep only the k most probable tokens (none: all)",
     "top_p": "nucleus sampling: keep the most probable tokens up to probability p, in (0, 1] (none: all)",
-    "sampler": "the ODE solver of flow matching: euler or heun",
-    "sample_steps": "solver steps from noise to image (flow matching)",
+    "sampler": "flow matching: euler or heun (ODE solvers); ddpm: ddim or ddpm",
+    "sample_steps": "steps from noise to image (flow matching; DDIM)",
+    "eta": "DDIM's noise scale: 0 deterministic, 1 as noisy as DDPM",
     "guidance": "classifier-free guidance scale: 0 unconditional, 1 conditional, > 1 guided",
 }
 SAMPLING_FLAGS = {"sample_steps": "steps"}  # `sample --steps N`: the sampler's steps, not the training's

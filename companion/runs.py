@@ -1,7 +1,8 @@
 """Runs of the book's models as a library: registry, checkpoints, train / sample / evaluate (chapter "Capstone").
 
-* :data:`MODELS` names every model (a :class:`ModelSpec`: its recipe in :mod:`companion.recipes` and the
-  config fields the name fixes); :func:`make_config` builds a recipe ``Config`` from a name.
+* :data:`MODELS` names every model (a :class:`ModelSpec` of :mod:`companion.registry`: its recipe in
+  :mod:`companion.recipes` and the config fields the name fixes); :func:`make_config` builds a recipe ``Config``
+  from a name.
 * :func:`save_checkpoint`, :func:`load_checkpoint` (of :mod:`companion.checkpoints`), :func:`load_model`.
 * :func:`train_run` is ``python -m companion train``; :func:`train_model` the notebooks' cached training.
 * :func:`sample_model` and :func:`evaluate_model` draw and score samples against :func:`reference_images`,
@@ -14,11 +15,9 @@ The command line (:mod:`companion.cli`) is a thin layer of argument parsing over
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -29,70 +28,11 @@ from companion import checkpoints, distributed
 from companion.checkpoints import CHECKPOINT_FORMAT, RunError, config_dict, load_checkpoint, save_checkpoint
 from companion.data import load_mnist
 from companion.metrics import image_metrics
+from companion.registry import DCGAN_DEFAULTS, MODELS, ModelSpec, get_spec
 
-__all__ = ["MODELS", "ModelSpec", "RunError", "CHECKPOINT_FORMAT", "get_spec", "make_config", "config_dict",
-           "save_checkpoint", "load_checkpoint", "load_model", "sample_model", "evaluate_model", "data_tag",
-           "train_model", "train_run", "reference_images", "real_baseline"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model name: its recipe module, the config fields the name ``fixed``, and ``defaults`` that differ
-    from the recipe's."""
-
-    name: str
-    recipe: str
-    help: str
-    fixed: dict = field(default_factory=dict)
-    defaults: dict = field(default_factory=dict)
-    kind: str = "image"  # "image" (MNIST generator), "text", or "classifier"
-    conditional: bool = False
-    likelihood: bool = False  # has an IWAE NLL bound
-
-    def load(self) -> ModuleType:
-        try:
-            return importlib.import_module(self.recipe)
-        except ImportError as exc:
-            raise RunError(f"model {self.name!r}: its recipe {self.recipe} cannot be imported ({exc})") from exc
-
-
-DCGAN_DEFAULTS = {"loss": "ns", "steps": 6000, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}  # the DCGAN and the cGAN
-MODELS: dict[str, ModelSpec] = {s.name: s for s in [
-    ModelSpec("vae", "companion.recipes.vae", "MLP variational autoencoder, Bernoulli decoder (MNIST)",
-              fixed={"family": "vae"}, defaults={"z_dim": 20}, likelihood=True),
-    ModelSpec("cvae", "companion.recipes.vae", "conditional VAE: generates a requested digit (MNIST)",
-              fixed={"family": "cvae"}, defaults={"z_dim": 4}, conditional=True, likelihood=True),
-    ModelSpec("vqvae", "companion.recipes.vae", "vector-quantised VAE with a per-position code prior (MNIST)",
-              fixed={"family": "vqvae"}),
-    # MNIST GANs: lr 1e-3, 6,000 steps, a moving average of G (the measurements behind these choices: chapter 04_2
-    # section 8 and benchmarks/results/{gan_debugging,mnist_targets}.json)
-    ModelSpec("gan", "companion.recipes.gan", "MLP GAN, non-saturating loss (MNIST)",
-              fixed={"data": "mnist", "arch": "mlp", "conditional": False},
-              defaults={"loss": "ns", "steps": 6000, "hidden": 512, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}),
-    ModelSpec("dcgan", "companion.recipes.gan", "DCGAN: convolutional generator and discriminator (MNIST)",
-              fixed={"data": "mnist", "arch": "dcgan", "conditional": False}, defaults=DCGAN_DEFAULTS),
-    ModelSpec("cgan", "companion.recipes.gan", "conditional DCGAN: generates a requested digit (MNIST)",
-              fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, conditional=True, defaults=DCGAN_DEFAULTS),
-    ModelSpec("wgan-gp", "companion.recipes.gan", "Wasserstein GAN with gradient penalty (MNIST)",
-              fixed={"data": "mnist", "loss": "wgan-gp", "conditional": False}, defaults={"arch": "dcgan"}),
-    ModelSpec("flow", "companion.recipes.flow_matching", "flow matching with a U-Net, Euler sampler (MNIST)",
-              fixed={"conditional": False}),
-    ModelSpec("cflow", "companion.recipes.flow_matching", "digit-conditional flow matching, classifier-free "
-              "guidance (MNIST)", fixed={"conditional": True}, conditional=True),
-    ModelSpec("gpt", "companion.recipes.gpt", "character-level GPT on tiny-shakespeare", kind="text"),
-    ModelSpec("transformer", "companion.recipes.transformer", "encoder-decoder Transformer", kind="text"),
-    ModelSpec("classifier", "companion.recipes.classifier", "the MNIST CNN classifier behind the image metrics",
-              kind="classifier"),
-]}
-
-
-def get_spec(spec: ModelSpec | str) -> ModelSpec:
-    """The :class:`ModelSpec` of a model name (a spec is returned as is); :class:`RunError` for an unknown name."""
-    if isinstance(spec, ModelSpec):
-        return spec
-    if spec not in MODELS:
-        raise RunError(f"unknown model {spec!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[spec]
+__all__ = ["MODELS", "ModelSpec", "DCGAN_DEFAULTS", "RunError", "CHECKPOINT_FORMAT", "get_spec", "make_config",
+           "config_dict", "save_checkpoint", "load_checkpoint", "load_model", "sample_model", "evaluate_model",
+           "data_tag", "train_model", "train_run", "reference_images", "real_baseline"]
 
 
 def make_config(spec: ModelSpec | str, overrides: dict | None = None, *, base: dict | None = None):

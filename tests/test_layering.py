@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "recipes": 3,
     # 4: runs (registry, checkpoints, train/sample/evaluate as a library)
     "runs": 4,
+    "registry": 4,
     "checkpoints": 4,
     # 5: the command line
     "cli": 5,

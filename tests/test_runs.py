@@ -22,8 +22,8 @@ SPEC = runs.ModelSpec("tiny", "companion.recipes.classifier", "a test spec", fix
 
 
 def test_every_model_name_has_a_spec_of_a_known_kind():
-    assert list(runs.MODELS) == ["vae", "cvae", "vqvae", "gan", "dcgan", "cgan", "wgan-gp", "flow", "cflow", "gpt",
-                                 "transformer", "classifier"]
+    assert list(runs.MODELS) == ["vae", "cvae", "vqvae", "gan", "dcgan", "cgan", "wgan-gp", "flow", "cflow", "ddpm",
+                                 "gpt", "transformer", "classifier"]
     for name, spec in runs.MODELS.items():
         assert spec.name == name and spec.kind in ("image", "text", "classifier")
         assert spec.recipe.startswith("companion.recipes.")

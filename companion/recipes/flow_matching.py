@@ -37,7 +37,7 @@ from companion.flow_matching import drop_labels, euler_sample, flow_matching_los
 from companion.train import History, train_loop, warmup_cosine_lr
 from companion.unet import UNet
 
-__all__ = ["Config", "config_dict", "build_model", "train", "sample", "evaluate"]
+__all__ = ["Config", "config_dict", "build_model", "train", "sample", "evaluate", "fit_field"]
 
 SAMPLERS = {"euler": euler_sample, "heun": heun_sample}
 
@@ -121,10 +121,13 @@ def _training_images() -> tuple[Tensor, Tensor]:
     return x * 2 - 1, y  # pixels in [-1, 1]: the scale of the N(0, I) noise
 
 
-def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> History:
-    """Minimise the conditional flow-matching loss; records ``loss`` and ``lr`` per step.
+def fit_field(cfg, model: UNet, loss_fn, desc: str, *, progress: bool = True, callback=None) -> History:
+    """The training loop shared by the flow-matching and the DDPM recipes (their configs share these fields).
 
-    ``callback(i, history)`` runs after each step. At the end the moving average replaces the weights.
+    Each step draws ``cfg.batch_size`` training images (and, for a conditional model, their labels, dropped to
+    the null label with probability ``cfg.p_uncond``), evaluates ``loss_fn(net, x, labels, generator)``, clips
+    the gradient at ``cfg.grad_clip`` and takes an Adam step at the warm-up + cosine rate; a moving average of
+    the weights (decay ``cfg.ema``) replaces them at the end. Records ``loss`` and ``lr`` per step.
     """
     gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))
     x_all, y_all = _training_images()
@@ -142,7 +145,7 @@ def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> 
         labels = None
         if cfg.conditional:
             labels = drop_labels(y_all[idx], cfg.p_uncond, model.null_label, generator=gen)
-        loss = flow_matching_loss(net, x_all[idx], generator=gen, labels=labels)
+        loss = loss_fn(net, x_all[idx], labels, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -155,7 +158,6 @@ def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> 
                     e.lerp_(p, 1.0 - decay)
         return {"loss": loss.detach(), "lr": lr}
 
-    desc = "flow matching" + (" (conditional)" if cfg.conditional else "")
     history = train_loop(step, cfg.steps, desc=desc, progress=progress and distributed.is_main(), callback=callback)
     if ema is not None and cfg.steps > 0:
         with torch.no_grad():
@@ -163,6 +165,18 @@ def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> 
                 p.copy_(e)
     model.eval()
     return history
+
+
+def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> History:
+    """Minimise the conditional flow-matching loss (:func:`fit_field`); records ``loss`` and ``lr`` per step.
+
+    ``callback(i, history)`` runs after each step. At the end the moving average replaces the weights.
+    """
+    def loss_fn(net, x, labels, gen):
+        return flow_matching_loss(net, x, generator=gen, labels=labels)
+
+    desc = "flow matching" + (" (conditional)" if cfg.conditional else "")
+    return fit_field(cfg, model, loss_fn, desc, progress=progress, callback=callback)
 
 
 @torch.no_grad()

@@ -1,0 +1,150 @@
+r"""Training recipe for a denoising diffusion model (DDPM) on MNIST (part "Beyond the articles").
+
+A :class:`companion.unet.UNet` :math:`\varepsilon_\theta(x_t, t)` learns to predict the noise that the
+forward process added (:func:`companion.diffusion.ddpm_loss`): each step draws training images
+:math:`x_0` scaled to :math:`[-1, 1]`, steps :math:`t` uniform on :math:`0 .. T-1` and noise
+:math:`\varepsilon`, forms :math:`x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \varepsilon`
+and descends
+
+.. math::
+
+    \mathcal L_{simple}(\theta) = \mathbb E_{t, x_0, \varepsilon}
+        \big\| \varepsilon - \varepsilon_\theta(x_t, t) \big\|^2 ,
+
+with the training loop of the flow-matching recipe (:func:`companion.recipes.flow_matching.fit_field`:
+Adam, warm-up + cosine rate, gradient clipping, a moving average of the weights). The schedule is
+``"linear"`` (:math:`\beta_t` from 1e-4 to 0.02, Ho et al. 2020) or ``"cosine"`` (Nichol & Dhariwal 2021).
+
+Sampling: ``"ddim"`` (deterministic for ``eta = 0``, ``sample_steps`` network evaluations) or
+``"ddpm"`` (ancestral, all ``T`` steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from companion.diffusion import (
+    alpha_bar_from_betas,
+    cosine_beta_schedule,
+    ddim_sample,
+    ddpm_loss,
+    ddpm_sample,
+    linear_beta_schedule,
+)
+from companion.recipes.flow_matching import fit_field
+from companion.train import History
+from companion.unet import UNet
+
+__all__ = ["Config", "config_dict", "build_model", "betas_of", "train", "sample", "evaluate"]
+
+
+@dataclass
+class Config:
+    """Every setting of a DDPM run on MNIST (JSON-serialisable; the cache key of ``train_or_load``).
+
+    Attributes:
+        channels: the U-Net's width C at full resolution.
+        T, schedule: diffusion steps and the noise schedule, ``"linear"`` or ``"cosine"``.
+        steps, batch_size, lr, lr_min, warmup_steps, grad_clip, ema: training, as in the flow-matching recipe.
+        sampler, sample_steps, eta: ``"ddim"`` with ``sample_steps`` evaluations and noise scale ``eta``, or
+            ``"ddpm"`` (ancestral sampling over all ``T`` steps; ``sample_steps`` is ignored).
+        seed: seeds the initialisation, the batches, the steps and the noise.
+    """
+
+    channels: int = 16
+    T: int = 1000
+    schedule: str = "linear"
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_min: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema: float = 0.995
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    eta: float = 0.0
+    seed: int = 0
+    conditional: bool = False  # the shared training loop reads it; class-conditional DDPM is not offered
+    p_uncond: float = 0.0
+
+    def __post_init__(self):
+        for name, low in (("channels", 1), ("T", 1), ("steps", 0), ("batch_size", 1), ("sample_steps", 1),
+                          ("warmup_steps", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.channels % 8:
+            raise ValueError(f"channels must be a multiple of 8 (GroupNorm groups), got {self.channels}")
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
+        if self.sampler == "ddim" and self.sample_steps > self.T:
+            raise ValueError(f"sample_steps must be <= T = {self.T} for DDIM, got {self.sample_steps}")
+        for name in ("lr", "lr_min"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
+        if not self.eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta!r}")
+        if self.conditional:
+            raise ValueError("the DDPM recipe trains unconditional models only (conditional must be False)")
+
+
+def config_dict(cfg: Config) -> dict:
+    """The config as a plain dict (the cache key and the checkpoint's record)."""
+    return asdict(cfg)
+
+
+def build_model(cfg: Config) -> UNet:
+    """The noise predictor :math:`\\varepsilon_\\theta(x_t, t)`: an unconditional :class:`~companion.unet.UNet`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return UNet(cfg.channels)
+
+
+def betas_of(cfg: Config) -> Tensor:
+    """The ``(T,)`` noise schedule :math:`\\beta_t` of ``cfg`` (float64)."""
+    if cfg.schedule == "linear":
+        return linear_beta_schedule(cfg.T).double()
+    return cosine_beta_schedule(cfg.T).double()
+
+
+def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> History:
+    """Minimise :math:`\\mathcal L_{simple}`; records ``loss`` and ``lr`` per step (see the module docstring)."""
+    alpha_bar = alpha_bar_from_betas(betas_of(cfg)).float()
+
+    def loss_fn(net, x, labels, gen):
+        return ddpm_loss(net, x, alpha_bar, generator=gen)
+
+    return fit_field(cfg, model, loss_fn, f"DDPM ({cfg.schedule} schedule, T = {cfg.T})", progress=progress,
+                     callback=callback)
+
+
+@torch.no_grad()
+def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` images ``(n, 1, 28, 28)`` in ``[0, 1]`` by ``cfg.sampler`` (see :class:`Config`)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    was_training = model.training
+    model.eval()
+    betas = betas_of(cfg)
+    if cfg.sampler == "ddim":
+        x = ddim_sample(model, (n, 1, 28, 28), alpha_bar_from_betas(betas), cfg.sample_steps, cfg.eta,
+                        generator=generator)
+    else:
+        x = ddpm_sample(model, (n, 1, 28, 28), betas, generator=generator)
+    model.train(was_training)
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def evaluate(cfg: Config, model: UNet) -> dict[str, float]:
+    """The recipe's own figure: network evaluations per sample (the image metrics are the runner's)."""
+    return {"network_evaluations_per_sample": float(cfg.sample_steps if cfg.sampler == "ddim" else cfg.T)}

@@ -1,0 +1,67 @@
+"""Tests of companion.recipes.ddpm: the U-Net noise predictor trained on MNIST."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from companion import runs
+from companion.diffusion import alpha_bar_from_betas
+from companion.recipes import ddpm as R
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(channels=8, T=50, steps=40, batch_size=16, warmup_steps=5, sample_steps=4)
+
+
+def test_a_tiny_run_lowers_the_loss_and_samples_images_in_the_unit_range(mnist):
+    cfg = R.Config(**{**TINY, "lr": 3e-3})
+    model = R.build_model(cfg)
+    loss = R.train(cfg, model, progress=False)["loss"]
+    assert len(loss) == cfg.steps and all(math.isfinite(v) for v in loss)
+    assert sum(loss[-10:]) / 10 < 0.8 * sum(loss[:10]) / 10  # the noise MSE starts near 1
+    for sampler in ("ddim", "ddpm"):
+        c = R.Config(**{**TINY, "sampler": sampler})
+        x = R.sample(c, model, 3, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (3, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert R.evaluate(cfg, model) == {"network_evaluations_per_sample": 4.0}
+    assert R.evaluate(R.Config(**{**TINY, "sampler": "ddpm"}), model) == {"network_evaluations_per_sample": 50.0}
+
+
+def test_ddim_with_eta_zero_is_deterministic_given_the_starting_noise(mnist):
+    cfg = R.Config(**{**TINY, "steps": 0})
+    model = R.build_model(cfg)
+    a = R.sample(cfg, model, 2, generator=torch.Generator().manual_seed(3))
+    b = R.sample(cfg, model, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_the_schedules_are_the_papers():
+    lin, cos = R.betas_of(R.Config(T=1000)), R.betas_of(R.Config(T=1000, schedule="cosine"))
+    assert lin[0] == pytest.approx(1e-4) and lin[-1] == pytest.approx(0.02)
+    # the cosine schedule keeps more signal half way: alpha_bar(T/2) is larger
+    assert alpha_bar_from_betas(cos)[500] > alpha_bar_from_betas(lin)[500]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("schedule", "quadratic", "schedule must be 'linear' or 'cosine'"),
+    ("sampler", "euler", "sampler must be 'ddim' or 'ddpm'"),
+    ("sample_steps", 2000, r"sample_steps must be <= T = 1000"),
+    ("T", 0, "T must be an int >= 1"),
+    ("eta", -0.5, "eta must be >= 0"),
+    ("conditional", True, "unconditional models only"),
+    ("channels", 20, "multiple of 8"),
+])
+def test_bad_config_values_get_clear_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        R.Config(**{field: value})
+
+
+def test_the_model_name_and_its_sampling_options():
+    assert isinstance(runs.make_config("ddpm"), R.Config)
+    from companion.cli import build_parser
+
+    args = build_parser().parse_args(["sample", "ddpm", "--steps", "20", "--sampler", "ddpm"])
+    assert (args.cfg_sample_steps, args.cfg_sampler) == (20, "ddpm")
