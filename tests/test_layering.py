@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "flow_matching": 1,
     "unet": 1,
     "autoencoder": 1,
+    "hvae": 1,
     # 2: beside the stack, for recipes and above: training helpers, data, plotting
     "train": 2,
     "distributed": 2,

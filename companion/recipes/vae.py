@@ -1,5 +1,6 @@
 """Training recipe for the VAE family (chapter "Variational autoencoders"): ``vae``, ``cvae``, ``vqvae``, and the
-plain autoencoder ``ae`` (the VAE's networks without noise or KL, :mod:`companion.autoencoder`).
+plain autoencoder ``ae`` (the VAE's networks without noise or KL, :mod:`companion.autoencoder`) and the two-level
+``hvae`` (:mod:`companion.hvae`) and the adversarial autoencoder ``aae``.
 
 The notebooks ``05_2`` and ``05_3``, ``benchmarks/vae_mnist.py`` and the command-line trainer all
 train through :func:`train`, so a chapter's model and a long run differ only in their
@@ -18,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from companion import distributed
-from companion.autoencoder import Autoencoder
+from companion.autoencoder import AdversarialAutoencoder, Autoencoder
 from companion.data import load_mnist, mnist_is_fallback
+from companion.hvae import HierarchicalVAE
 from companion.layers import ACTIVATIONS
 from companion.train import History, minibatches, train_loop, warmup_cosine_lr
 from companion.vae import CVAE, VAE
@@ -29,7 +31,7 @@ __all__ = ["Config", "build_model", "train", "evaluate", "sample", "FAMILIES", "
 
 DISTRIBUTED = True  # train() runs under torchrun (companion.distributed: DDP loss, sharded data)
 
-FAMILIES = ("vae", "cvae", "vqvae", "ae")
+FAMILIES = ("vae", "cvae", "vqvae", "ae", "hvae", "aae")
 
 # The cvae's latent size. With z_dim = 20 the encoder also writes the digit's class into z (a
 # nearest-class-mean reader finds it there), the decoder follows z rather than y, and a random
@@ -44,7 +46,9 @@ class Config:
     """Every setting of a VAE-family run (JSON-serialisable; the cache key of ``train_or_load``).
 
     Attributes:
-        family: ``"vae"``, ``"cvae"`` (conditioned on the digit), ``"vqvae"`` or ``"ae"`` (plain autoencoder).
+        family: ``"vae"``, ``"cvae"`` (conditioned on the digit), ``"vqvae"``, ``"ae"`` (plain autoencoder) or
+            ``"hvae"`` (two stochastic layers, :mod:`companion.hvae`; ``z_dim`` is D1, ``z2_dim`` D2) or ``"aae"``
+            (adversarial autoencoder; ``beta`` is not used).
         hidden, z_dim, activation: MLP widths (encoder order), latent size, nonlinearity (vae, cvae).
             z_dim: 20 for the vae, 4 for the cvae (see CVAE_Z_DIM: a larger z carries the class).
         epochs: passes over the training data (may be fractional).
@@ -67,6 +71,7 @@ class Config:
     family: str = "vae"
     hidden: list[int] = field(default_factory=lambda: [400])
     z_dim: int | None = None  # None: the family's default, 20 (vae) or CVAE_Z_DIM (cvae)
+    z2_dim: int = 10  # hvae only: the dimension of the top latent z2
     activation: str = "silu"
     epochs: float = 60.0
     batch_size: int = 128
@@ -104,7 +109,7 @@ class Config:
             raise ValueError(f"hidden must be a non-empty list of widths >= 1, got {self.hidden}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        for name in ("n_classes", "codebook_size", "code_dim", "channels"):
+        for name in ("n_classes", "codebook_size", "code_dim", "channels", "z2_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr_min", "commitment", "dead_code_window"):
@@ -136,6 +141,10 @@ def build_model(cfg: Config) -> nn.Module:
             return VAE((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.activation)
         if cfg.family == "ae":
             return Autoencoder((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.activation)
+        if cfg.family == "aae":
+            return AdversarialAutoencoder((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.activation)
+        if cfg.family == "hvae":
+            return HierarchicalVAE((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.z2_dim, cfg.activation)
         if cfg.family == "cvae":
             return CVAE((1, 28, 28), cfg.hidden, cfg.z_dim, cfg.activation, n_classes=cfg.n_classes)
         return VQVAE(cfg.codebook_size, cfg.code_dim, cfg.channels, cfg.commitment)
@@ -158,7 +167,8 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
     """Train ``model`` on MNIST's training split as ``cfg`` says; returns the per-step history.
 
     Recorded per step: ``loss``, ``recon`` (nats/image) and, for vae/cvae, ``kl`` and the KL
-    weight ``beta``; for vqvae, ``codebook``, ``commitment`` and ``perplexity``; and ``lr``.
+    weight ``beta``; for vqvae, ``codebook``, ``commitment`` and ``perplexity``; for aae, ``d_loss`` and
+    ``g_loss`` (the critic's and the encoder's adversarial losses); and ``lr``.
     """
     x, y = _train_data(cfg)
     n = x.shape[0]
@@ -169,7 +179,13 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
     g = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))  # cfg.seed on one process
     stream = distributed.batch_stream(x, y, batch_size=cfg.batch_size, generator=g, seed=cfg.seed)
     net = distributed.data_parallel(model, methods=("loss",))  # the model itself on one process
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.family == "aae":  # reconstruction, critic and encoder-as-generator steps have their own optimizers
+        opt = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("critic.")], lr=cfg.lr)
+        opt_d = torch.optim.Adam(model.critic.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        opt_e = torch.optim.Adam([*model.encoder.parameters(), *model.to_moments.parameters()], lr=cfg.lr,
+                                 betas=(0.5, 0.9))
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
 
     usage = torch.zeros(cfg.codebook_size, dtype=torch.long)  # code counts in the current window (vqvae)
@@ -188,6 +204,21 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
             usage.add_(torch.bincount(model.last_indices.flatten(), minlength=cfg.codebook_size))
             out = {"loss": terms.loss, "recon": terms.recon, "codebook": terms.codebook,
                    "commitment": terms.commitment, "perplexity": terms.perplexity}
+        elif cfg.family == "aae":  # three phases per batch, each with its own Adam (Makhzani et al. 2016)
+            rec = net.loss(xb)
+            opt.zero_grad(set_to_none=True)
+            rec.loss.backward()
+            opt.step()  # reconstruction: encoder and decoder
+            d_loss = model.critic_loss(xb, generator=g)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()  # regularisation: the critic tells prior samples from codes
+            adv = model.encoder_adversarial_loss(xb)
+            opt_e.zero_grad(set_to_none=True)
+            adv.backward()
+            opt_e.step()  # ... and the encoder learns to fool it
+            return {"loss": rec.loss.detach(), "recon": rec.recon.detach(), "d_loss": d_loss.detach(),
+                    "g_loss": adv.detach(), "lr": lr}
         else:
             beta = cfg.beta * min(1.0, (i + 1) / warmup_steps) if warmup_steps > 0 else cfg.beta
             terms = net.loss(xb, yb, beta=beta, generator=g) if cfg.family == "cvae" else \
