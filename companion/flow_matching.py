@@ -37,26 +37,47 @@ extrapolates from the unconditional velocity (the label :math:`\varnothing`) to 
 :math:`\tilde v = v(x, t, \varnothing) + w\, (v(x, t, y) - v(x, t, \varnothing))`; training drops
 labels to :math:`\varnothing` at random (:func:`drop_labels`).
 
+The velocity and the score of the path are tied (Tweedie's formula,
+:math:`\mathbb E[x_0 \mid x_t = x] = -(1 - t)\, \nabla \log p_t(x)`), so for :math:`t \in (0, 1]`
+
+.. math::
+
+    u_t(x) = \frac{x + (1 - t)\, \nabla_x \log p_t(x)}{t}
+
+(:func:`velocity_from_score`); for mixture data :math:`\log p_t` and its score are closed-form
+(:func:`gaussian_mixture_log_density`, :func:`gaussian_mixture_score`). The exercise checkers
+(``check_...``) compare a reader's function with these.
+
 Shapes: ``x0, x1, x_t: (B, *x_shape)``; times ``t: (B,)`` floats in ``[0, 1]``; labels ``(B,)``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from companion.checks import verdict
+
 __all__ = [
     "interpolate",
     "target_velocity",
     "flow_matching_loss",
     "gaussian_mixture_velocity",
+    "gaussian_mixture_log_density",
+    "gaussian_mixture_score",
+    "velocity_from_score",
     "euler_sample",
     "heun_sample",
     "guided_velocity",
     "drop_labels",
+    "check_interpolation",
+    "check_euler_sampler",
+    "check_guided_velocity",
+    "check_velocity_from_score",
 ]
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
@@ -125,6 +146,25 @@ def flow_matching_loss(model: Callable[..., Tensor], x1: Tensor, generator: torc
     return F.mse_loss(_call(model, x_t, t, labels), target_velocity(x0, x1))
 
 
+def _mixture_terms(x: Tensor, t: Tensor, weights: Tensor, means: Tensor, stds: Tensor):
+    r"""Checks the arguments; returns ``t: (B, 1)``, :math:`\sigma_{k,t}^2: (B, K)`, :math:`x - t\mu_k: (B, K, D)`
+    and :math:`\log \pi_k + \log \mathcal N(x; t\mu_k, \sigma_{k,t}^2 I) + \frac D2 \log 2\pi: (B, K)`."""
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (B, D), got {tuple(x.shape)}")
+    _check_times(t, x.shape[0])
+    K, D = weights.shape[0], x.shape[1]
+    if weights.shape != (K,) or means.shape != (K, D) or stds.shape != (K,):
+        raise ValueError(f"expected weights (K,), means (K, D) = (K, {D}) and stds (K,), got {tuple(weights.shape)}, "
+                         f"{tuple(means.shape)} and {tuple(stds.shape)}")
+    if (weights <= 0).any() or abs(float(weights.sum()) - 1) > 1e-6 or (stds <= 0).any():
+        raise ValueError("weights must be positive and sum to 1, and stds must be positive")
+    tt = t.to(x.dtype)[:, None]                                                # (B, 1)
+    var = (1 - tt) ** 2 + tt**2 * stds.to(x.dtype) ** 2                        # (B, K)
+    diff = x[:, None, :] - tt[:, :, None] * means.to(x.dtype)                  # (B, K, D)
+    log_w = weights.to(x.dtype).log() - 0.5 * D * var.log() - 0.5 * diff.pow(2).sum(-1) / var
+    return tt, var, diff, log_w
+
+
 def gaussian_mixture_velocity(x: Tensor, t: Tensor, weights: Tensor, means: Tensor, stds: Tensor) -> Tensor:
     r"""The marginal velocity :math:`u_t(x) = \mathbb E[x_1 - x_0 \mid x_t = x]` for Gaussian-mixture data.
 
@@ -141,24 +181,49 @@ def gaussian_mixture_velocity(x: Tensor, t: Tensor, weights: Tensor, means: Tens
     Returns:
         ``(B, D)``.
     """
-    if x.ndim != 2:
-        raise ValueError(f"x must have shape (B, D), got {tuple(x.shape)}")
-    _check_times(t, x.shape[0])
-    K, D = weights.shape[0], x.shape[1]
-    if weights.shape != (K,) or means.shape != (K, D) or stds.shape != (K,):
-        raise ValueError(f"expected weights (K,), means (K, D) = (K, {D}) and stds (K,), got {tuple(weights.shape)}, "
-                         f"{tuple(means.shape)} and {tuple(stds.shape)}")
-    if (weights <= 0).any() or abs(float(weights.sum()) - 1) > 1e-6 or (stds <= 0).any():
-        raise ValueError("weights must be positive and sum to 1, and stds must be positive")
-    tt = t.to(x.dtype)[:, None]                                                # (B, 1)
-    var = (1 - tt) ** 2 + tt**2 * stds.to(x.dtype) ** 2                        # (B, K)
-    centre = tt[:, :, None] * means.to(x.dtype)                                # (B, K, D)
-    diff = x[:, None, :] - centre                                              # (B, K, D)
-    log_w = weights.to(x.dtype).log() - 0.5 * D * var.log() - 0.5 * diff.pow(2).sum(-1) / var
+    tt, var, diff, log_w = _mixture_terms(x, t, weights, means, stds)
     w = torch.softmax(log_w, dim=1)                                            # (B, K)
     gain = (tt * stds.to(x.dtype) ** 2 - (1 - tt)) / var                       # (B, K)
     u_k = means.to(x.dtype) + gain[:, :, None] * diff                          # (B, K, D)
     return (w[:, :, None] * u_k).sum(1)
+
+
+def gaussian_mixture_log_density(x: Tensor, t: Tensor, weights: Tensor, means: Tensor, stds: Tensor) -> Tensor:
+    r""":math:`\log p_t(x)` of :math:`x_t = (1 - t) x_0 + t x_1` for Gaussian-mixture data: ``(B,)``.
+
+    :math:`p_t = \sum_k \pi_k \mathcal N(t \mu_k, \sigma_{k,t}^2 I)`, :math:`\sigma_{k,t}^2 = (1 - t)^2 + t^2 s_k^2`;
+    arguments as in :func:`gaussian_mixture_velocity`. Differentiable in ``x`` (autograd gives the score).
+    """
+    _, _, _, log_w = _mixture_terms(x, t, weights, means, stds)
+    return torch.logsumexp(log_w, dim=1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+
+
+def gaussian_mixture_score(x: Tensor, t: Tensor, weights: Tensor, means: Tensor, stds: Tensor) -> Tensor:
+    r"""The score :math:`\nabla_x \log p_t(x) = \sum_k w_k(x)\, (t \mu_k - x) / \sigma_{k,t}^2`: ``(B, D)``.
+
+    Arguments and :math:`w_k` as in :func:`gaussian_mixture_velocity`.
+    """
+    _, var, diff, log_w = _mixture_terms(x, t, weights, means, stds)
+    w = torch.softmax(log_w, dim=1)
+    return -(w[:, :, None] * diff / var[:, :, None]).sum(1)
+
+
+def velocity_from_score(score: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    r""":math:`u_t(x) = (x + (1 - t)\, \nabla \log p_t(x)) / t`, the velocity of the straight path from its score.
+
+    Args:
+        score: ``(B, *x_shape)``, :math:`\nabla_x \log p_t(x)`.
+        x: ``(B, *x_shape)``.
+        t: ``(B,)`` times in ``(0, 1]`` (at :math:`t = 0` the score of :math:`\mathcal N(0, I)` says nothing
+            about the data).
+    """
+    if score.shape != x.shape:
+        raise ValueError(f"score has shape {tuple(score.shape)} but x has shape {tuple(x.shape)}")
+    _check_times(t, x.shape[0])
+    if x.shape[0] and float(t.min()) <= 0:
+        raise ValueError(f"velocity_from_score needs times t > 0, got a minimum of {float(t.min()):.3g}")
+    tt = _expand(t, x)
+    return (x + (1 - tt) * score) / tt
 
 
 def _check_steps(steps: int) -> None:
@@ -238,3 +303,133 @@ def drop_labels(labels: Tensor, p: float, null_label: int, generator: torch.Gene
         raise ValueError(f"the drop probability p must lie in [0, 1], got {p}")
     drop = torch.rand(labels.shape, generator=generator).to(labels.device) < p
     return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+
+# ------------------------------------------------------------------------ exercise checkers
+
+
+def _close(a, b: Tensor) -> bool:
+    return isinstance(a, Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-6,
+                                                                            atol=1e-8)
+
+
+def check_interpolation(fn: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]) -> bool:
+    r"""Exercise checker: ``fn(x0, x1, t)`` should return ``(x_t, target)`` of the straight path,
+    :math:`x_t = (1 - t) x_0 + t x_1` and :math:`x_1 - x_0`, for vectors ``(B, D)`` and images ``(B, C, H, W)``."""
+    g = torch.Generator().manual_seed(0)
+    for shape in ((5, 2), (4, 1, 3, 3)):
+        x0, x1 = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+        t = torch.rand(shape[0], generator=g, dtype=torch.float64)
+        t[0], t[-1] = 0.0, 1.0
+        try:
+            x_t, target = fn(x0.clone(), x1.clone(), t.clone())
+        except Exception as exc:
+            return verdict(False, f"for x of shape {shape} and t of shape {tuple(t.shape)}, fn raised "
+                                  f"{type(exc).__name__}: {exc} (t has one time per example: reshape it to "
+                                  "(B, 1, ..., 1) to broadcast)")
+        want_x, want_v = interpolate(x0, x1, t), target_velocity(x0, x1)
+        if not _close(x_t, want_x):
+            if _close(x_t, interpolate(x1, x0, t)):
+                return verdict(False, "your path starts at the data and ends at the noise: here x_t must be the noise "
+                                      "x0 at t = 0 and the data x1 at t = 1")
+            return verdict(False, f"x_t is wrong for x of shape {shape}: expected (1 - t) x0 + t x1, with each "
+                                  "example's own t")
+        if not _close(target, want_v):
+            if _close(target, -want_v):
+                return verdict(False, "x_t is right but the velocity has the wrong sign: d/dt [(1 - t) x0 + t x1] "
+                                      "= x1 - x0")
+            return verdict(False, "x_t is right but the velocity is not: differentiate x_t with respect to t")
+    return verdict(True, "x_t = (1 - t) x0 + t x1 and its velocity x1 - x0, for vectors and for images")
+
+
+def check_euler_sampler(fn: Callable[[VelocityFn, Tensor, int], Tensor]) -> bool:
+    r"""Exercise checker: ``fn(velocity_fn, x0, steps)`` should integrate :math:`\dot x = v(x, t)` from
+    :math:`t = 0` to 1 with ``steps`` Euler steps, as :func:`euler_sample` (times ``(B,)``, one call per step)."""
+    x0 = torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    times: list[float] = []  # the times of the calls
+
+    def field(x: Tensor, t: Tensor) -> Tensor:
+        if not isinstance(t, Tensor) or t.shape != (x.shape[0],):
+            raise ValueError(f"velocity_fn takes t of shape (B,) = ({x.shape[0]},), got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        times.append(float(t[0]))
+        return torch.sin(3 * x) + (1 - 2 * t.to(x.dtype))[:, None] * x
+
+    for steps in (1, 4, 10):
+        times.clear()
+        try:
+            got = fn(field, x0.clone(), steps)
+        except Exception as exc:
+            return verdict(False, f"with steps = {steps}, fn raised {type(exc).__name__}: {exc}")
+        want = euler_sample(field, x0, steps)
+        expected_times = [i / steps for i in range(steps)]
+        if len(times) != 2 * steps:  # the reader's calls, then euler_sample's
+            return verdict(False, f"with steps = {steps} you called velocity_fn {len(times) - steps} times; Euler "
+                                  "makes one call per step")
+        mine = times[:steps]
+        if _close(got, want) and all(abs(a - b) < 1e-12 for a, b in zip(mine, expected_times, strict=True)):
+            continue
+        if all(abs(a - (b + 1 / steps)) < 1e-12 for a, b in zip(mine, expected_times, strict=True)):
+            return verdict(False, "you evaluate the velocity at the end of each step (t + h); Euler's method uses "
+                                  "its start, t = i h for step i = 0, ..., steps - 1")
+        return verdict(False, f"with steps = {steps}: expected x1 = {want[0].tolist()} for the first point, got "
+                              f"{got[0].tolist() if isinstance(got, Tensor) else got!r} (x <- x + h v(x, t), "
+                              "h = 1 / steps, t = i h)")
+    return verdict(True, "x <- x + h v(x, i h) for i = 0, ..., steps - 1: your sampler matches euler_sample")
+
+
+def check_guided_velocity(fn: Callable[[Tensor, Tensor, float], Tensor]) -> bool:
+    r"""Exercise checker: ``fn(v_cond, v_uncond, w)`` should return the classifier-free guided velocity of
+    :func:`guided_velocity`, :math:`v_\varnothing + w (v_y - v_\varnothing)` (``w = 1``: conditional)."""
+    g = torch.Generator().manual_seed(2)
+    v_cond, v_uncond = torch.randn(2, 3, 1, 4, 4, generator=g, dtype=torch.float64)
+    null = 10
+
+    def model(x: Tensor, t: Tensor, labels: Tensor) -> Tensor:  # v_cond for a digit, v_uncond for the null label
+        is_null = (labels == null).reshape(-1, 1, 1, 1)
+        return torch.where(is_null, torch.cat([v_uncond, v_uncond]), torch.cat([v_cond, v_cond]))
+
+    x, t, labels = torch.zeros_like(v_cond), torch.full((3,), 0.5, dtype=torch.float64), torch.tensor([1, 4, 7])
+    for w in (0.0, 1.0, 2.5, 5.0):
+        try:
+            got = fn(v_cond.clone(), v_uncond.clone(), w)
+        except Exception as exc:
+            return verdict(False, f"at w = {w}, fn raised {type(exc).__name__}: {exc}")
+        want = guided_velocity(model, x, t, labels, w, null)
+        if _close(got, want):
+            continue
+        if _close(got, (1 + w) * v_cond - w * v_uncond):
+            return verdict(False, "you return (1 + w) v_cond - w v_uncond, the convention of Ho and Salimans (2022) "
+                                  "in which w = 0 is the conditional model; here w = 1 is the conditional model and "
+                                  "w = 0 the unconditional one")
+        if w == 0.0:
+            return verdict(False, "at w = 0 the guided velocity is the unconditional one, v_uncond")
+        return verdict(False, f"at w = {w}: expected v_uncond + w (v_cond - v_uncond)")
+    return verdict(True, "v_uncond + w (v_cond - v_uncond): w = 0 unconditional, w = 1 conditional, w > 1 guided")
+
+
+def check_velocity_from_score(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> bool:
+    r"""Exercise checker: ``fn(score, x, t)`` should turn the score :math:`\nabla \log p_t(x)` of the straight
+    path into its velocity :math:`u_t(x)`; checked on a 2-D Gaussian mixture against
+    :func:`gaussian_mixture_velocity` at times in ``(0, 1]``."""
+    g = torch.Generator().manual_seed(4)
+    mix = (torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64),
+           torch.tensor([[-2.0, 0.0], [1.0, 1.5], [1.5, -1.0]], dtype=torch.float64),
+           torch.tensor([0.3, 0.6, 0.2], dtype=torch.float64))
+    x = 2 * torch.randn(64, 2, generator=g, dtype=torch.float64)
+    t = 0.05 + 0.95 * torch.rand(64, generator=g, dtype=torch.float64)
+    t[-1] = 1.0
+    score = gaussian_mixture_score(x, t, *mix)
+    try:
+        got = fn(score.clone(), x.clone(), t.clone())
+    except Exception as exc:
+        return verdict(False, f"fn raised {type(exc).__name__}: {exc} (score and x are (B, 2), t is (B,))")
+    want = gaussian_mixture_velocity(x, t, *mix)
+    if _close(got, want):
+        return verdict(True, "u_t(x) = (x + (1 - t) score) / t: the velocity of a Gaussian mixture from its score")
+    if _close(got, velocity_from_score(-score, x, t)):
+        return verdict(False, "the sign of the score term is wrong: E[x0 | x_t = x] = -(1 - t) score")
+    if _close(got, want * t[:, None]):
+        return verdict(False, "off by a factor t: x1 - x0 = (x_t - x0) / t")
+    return verdict(False, "not the velocity: write x1 - x0 in terms of x_t and x0, then use "
+                          "E[x0 | x_t = x] = -(1 - t) score")

@@ -217,3 +217,107 @@ def test_drop_labels_replaces_a_fraction_p_by_the_null_label():
     assert (drop_labels(y, 0.0, 10) == y).all() and (drop_labels(y, 1.0, 10) == 10).all()
     with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
         drop_labels(y, 1.5, 10)
+
+
+# ------------------------------------------------------------ density, score, velocity from the score
+
+
+def test_the_mixture_log_density_integrates_to_one_and_its_gradient_is_the_closed_form_score():
+    from companion.flow_matching import gaussian_mixture_log_density, gaussian_mixture_score
+
+    mix2 = (torch.tensor([0.25, 0.75], dtype=F64), torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=F64),
+            torch.tensor([0.3, 0.5], dtype=F64))
+    step = 0.02
+    axis = torch.arange(-6, 6 + step / 2, step, dtype=F64)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    for t_value in (0.0, 0.5, 0.9, 1.0):  # N(0, I) at t = 0, the data at t = 1
+        t = torch.full((grid.shape[0],), t_value, dtype=F64)
+        mass = float(gaussian_mixture_log_density(grid, t, *mix2).exp().sum() * step**2)
+        assert abs(mass - 1) < 1e-4, (t_value, mass)
+    g = torch.Generator().manual_seed(5)
+    x = (2 * torch.randn(50, 2, generator=g, dtype=F64)).requires_grad_(True)
+    t = torch.rand(50, generator=g, dtype=F64)
+    (auto,) = torch.autograd.grad(gaussian_mixture_log_density(x, t, *mix2).sum(), x)
+    torch.testing.assert_close(gaussian_mixture_score(x.detach(), t, *mix2), auto, rtol=1e-10, atol=1e-12)
+    # at t = 0 the path is N(0, I): log density and score of the standard normal
+    zero = torch.zeros(50, dtype=F64)
+    torch.testing.assert_close(gaussian_mixture_score(x.detach(), zero, *mix2), -x.detach())
+    torch.testing.assert_close(gaussian_mixture_log_density(x.detach(), zero, *mix2),
+                               -0.5 * x.detach().pow(2).sum(1) - math.log(2 * math.pi))
+
+
+def test_velocity_from_score_gives_the_mixture_velocity_and_rejects_t_zero():
+    from companion.flow_matching import gaussian_mixture_score, velocity_from_score
+
+    g = torch.Generator().manual_seed(6)
+    x = 2 * torch.randn(200, 1, generator=g, dtype=F64)
+    t = 0.05 + 0.95 * torch.rand(200, generator=g, dtype=F64)
+    got = velocity_from_score(gaussian_mixture_score(x, t, *MIX), x, t)
+    torch.testing.assert_close(got, gaussian_mixture_velocity(x, t, *MIX), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="needs times t > 0"):
+        velocity_from_score(x, x, torch.zeros(200, dtype=F64))
+    with pytest.raises(ValueError, match="score has shape"):
+        velocity_from_score(x[:, 0], x, t)
+
+
+# ------------------------------------------------------------------------ exercise checkers
+
+
+def test_check_interpolation_accepts_the_path_and_names_the_usual_mistakes(capsys):
+    from companion.flow_matching import check_interpolation
+
+    def right(x0, x1, t):
+        t = t.reshape(-1, *[1] * (x0.ndim - 1))
+        return (1 - t) * x0 + t * x1, x1 - x0
+
+    assert check_interpolation(right) is True
+    assert check_interpolation(lambda x0, x1, t: (interpolate(x0, x1, t), target_velocity(x0, x1)))
+    assert check_interpolation(lambda x0, x1, t: right(x1, x0, t)) is False
+    assert "starts at the data" in capsys.readouterr().out
+    assert check_interpolation(lambda x0, x1, t: (right(x0, x1, t)[0], x0 - x1)) is False
+    assert "wrong sign" in capsys.readouterr().out
+    assert check_interpolation(lambda x0, x1, t: ((1 - t) * x0 + t * x1, x1 - x0)) is False  # t not broadcast
+    assert "reshape it to (B, 1, ..., 1)" in capsys.readouterr().out
+    assert check_interpolation(lambda x0, x1, t: (x0, x1 - x0)) is False
+
+
+def test_check_euler_sampler_accepts_euler_and_rejects_end_of_step_times_and_extra_calls(capsys):
+    from companion.flow_matching import check_euler_sampler
+
+    def euler(v, x0, steps, shift=0):
+        x, h = x0.clone(), 1.0 / steps
+        for i in range(steps):
+            x = x + h * v(x, torch.full((x.shape[0],), (i + shift) * h, dtype=x.dtype))
+        return x
+
+    assert check_euler_sampler(euler) is True
+    assert check_euler_sampler(euler_sample) is True
+    assert check_euler_sampler(lambda v, x0, steps: euler(v, x0, steps, shift=1)) is False
+    assert "end of each step" in capsys.readouterr().out
+    assert check_euler_sampler(lambda v, x0, steps: euler(v, x0, 2 * steps)) is False
+    assert "one call per step" in capsys.readouterr().out
+    assert check_euler_sampler(heun_sample) is False  # two calls per step
+    assert check_euler_sampler(lambda v, x0, steps: euler(lambda x, t: v(x, t[0]), x0, steps)) is False
+    assert "t of shape (B,)" in capsys.readouterr().out
+
+
+def test_check_guided_velocity_accepts_the_rule_and_explains_the_other_convention(capsys):
+    from companion.flow_matching import check_guided_velocity
+
+    assert check_guided_velocity(lambda c, u, w: u + w * (c - u)) is True
+    assert check_guided_velocity(lambda c, u, w: (1 + w) * c - w * u) is False
+    assert "Ho and Salimans" in capsys.readouterr().out
+    assert check_guided_velocity(lambda c, u, w: c + w * (u - c)) is False
+    assert check_guided_velocity(lambda c, u, w: w * c) is False
+
+
+def test_check_velocity_from_score_accepts_the_identity_and_rejects_sign_and_factor_errors(capsys):
+    from companion.flow_matching import check_velocity_from_score, velocity_from_score
+
+    assert check_velocity_from_score(velocity_from_score) is True
+    assert check_velocity_from_score(lambda s, x, t: (x + (1 - t[:, None]) * s) / t[:, None]) is True
+    assert check_velocity_from_score(lambda s, x, t: (x - (1 - t[:, None]) * s) / t[:, None]) is False
+    assert "sign" in capsys.readouterr().out
+    assert check_velocity_from_score(lambda s, x, t: x + (1 - t[:, None]) * s) is False
+    assert "factor t" in capsys.readouterr().out
+    assert check_velocity_from_score(lambda s, x, t: (x + t[:, None] * s) / t[:, None]) is False
