@@ -134,8 +134,9 @@ def main(argv=None) -> None:
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: (MODELS.index(r["model"]), r["seed"]))
-        results = {**parts[0], "rows": rows, "summary": summary(rows),
-                   "merged_from": merged_provenance(parts)}
+        # the targets are this script's (a merge may add models whose targets the first part did not know)
+        results = {**parts[0], "meta": {**parts[0]["meta"], "targets": TARGETS}, "rows": rows,
+                   "summary": summary(rows), "merged_from": merged_provenance(parts)}
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
