@@ -32,7 +32,6 @@ __all__ = ["Config", "build_model", "train", "evaluate", "sample", "FAMILIES", "
 DISTRIBUTED = True  # train() runs under torchrun (companion.distributed: DDP loss, sharded data)
 
 FAMILIES = ("vae", "cvae", "vqvae", "ae", "hvae", "aae")
-AAE_LR_SCALE = 1.0  # the aae's critic and encoder-as-generator steps: this times the reconstruction's rate
 
 # The cvae's latent size. With z_dim = 20 the encoder also writes the digit's class into z (a
 # nearest-class-mean reader finds it there), the decoder follows z rather than y, and a random
@@ -184,9 +183,11 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
         # adversarial ones on the same schedule (with a constant rate the codes moved on after the decoder's rate
         # had decayed, and reconstruction collapsed)
         opt = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("critic.")], lr=cfg.lr)
-        opt_d = torch.optim.Adam(model.critic.parameters(), lr=AAE_LR_SCALE * cfg.lr, betas=(0.5, 0.9))
-        opt_e = torch.optim.Adam([*model.encoder.parameters(), *model.to_moments.parameters()],
-                                 lr=AAE_LR_SCALE * cfg.lr, betas=(0.5, 0.9))
+        if distributed.is_distributed():
+            raise ValueError("the aae family trains on one process only (its critic is not data-parallel)")
+        opt_d = torch.optim.Adam(model.critic.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        opt_e = torch.optim.Adam([*model.encoder.parameters(), *model.to_moments.parameters()], lr=cfg.lr,
+                                 betas=(0.5, 0.9))
         adversarial_opts = [opt_d, opt_e]
     else:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -202,7 +203,7 @@ def train(cfg: Config, model: nn.Module, *, progress: bool = True, callback=None
             group["lr"] = lr
         for adversarial in adversarial_opts:  # aae: the same schedule
             for group in adversarial.param_groups:
-                group["lr"] = AAE_LR_SCALE * lr
+                group["lr"] = lr
         if cfg.family == "vqvae":
             if i == 0 and cfg.codebook_init == "data":
                 with torch.no_grad():
