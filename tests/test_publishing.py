@@ -253,3 +253,11 @@ def test_the_site_check_finds_a_kernel_cell_file_and_the_fallback_warning_names_
     page = "<pre>/tmp/ipykernel_6144/2093162824.py:1: MNISTFallbackWarning: ...</pre>"
     assert cs.shown_paths(page, []) == ["/tmp/ipykernel_6144/2093162824.py"]
     assert cs.shown_paths("<p>a kernel runs each cell</p>", []) == []
+
+
+def test_the_site_check_finds_a_markdown_table_shown_as_text_but_not_a_rendered_one():
+    cs = _check_site_module()
+    raw = "<p>| model | FID | |—|—| | vae | 190 |</p>"
+    assert cs.raw_tables(raw) and cs.raw_tables(raw)[0].startswith("| model")
+    assert cs.raw_tables("<p>| a | b | |---|---| | 1 | 2 |</p>")
+    assert cs.raw_tables("<table><tr><th>model</th></tr></table><p>a | b</p>") == []

@@ -1,6 +1,7 @@
-"""Check a built book: every page exists, no page loads a script from outside the site, and no page
+"""Check a built book: every page exists, no page loads a script from outside the site, no page
 shows a path of the machine that built it (the weight cache, the data folder, the checkout, $HOME, a
-kernel's temporary cell files).
+kernel's temporary cell files), and no Markdown table is shown as a paragraph of pipes (a cell's
+``display(Markdown(...))`` output rendered without table support).
 
 Usage: python tools/check_site.py _build/html
 """
@@ -14,6 +15,13 @@ EXTERNAL_SCRIPT = re.compile(r"""<script[^>]*\ssrc=["'](?:https?:)?//""", re.IGN
 TAG = re.compile(r"<[^>]+>")
 # the temporary file a Jupyter kernel compiles each cell into (shown by warnings and tracebacks)
 KERNEL_FILE = re.compile(r"\S*/ipykernel_\d+/\d+\.py")
+# a table's header separator left in a paragraph: "|---|" ("|—|" after smart quotes)
+RAW_TABLE = re.compile(r"<p>\|[^<]{0,3000}?\|\s*(?:-{3,}|—)\s*\|")
+
+
+def raw_tables(html: str) -> list[str]:
+    """The starts of Markdown tables that a page shows as text instead of as tables."""
+    return [" ".join(m.group(0)[3:80].split()) for m in RAW_TABLE.finditer(html)]
 
 
 def machine_paths() -> list[str]:
@@ -51,12 +59,16 @@ def main(site: str) -> int:
              for hit in shown_paths(p.read_text(encoding="utf-8"), paths)]
     for page, hit in leaks:
         print(f"{page.relative_to(root)} shows a path of the build machine: ...{hit}...")
+    tables = [(p, t) for p in pages if "_sources" not in p.parts for t in raw_tables(p.read_text(encoding="utf-8"))]
+    for page, start in tables:
+        print(f"{page.relative_to(root)} shows a Markdown table as text: {start}...")
     mathjax = root / "mathjax" / "tex-mml-chtml.js"
     if not mathjax.exists():
         print(f"MathJax is not served by the site ({mathjax} is missing)")
         return 1
-    failed = bool(bad or leaks)
-    print(f"{len(pages)} pages checked: {'FAIL' if failed else 'no external scripts, no machine paths'}")
+    failed = bool(bad or leaks or tables)
+    print(f"{len(pages)} pages checked: "
+          f"{'FAIL' if failed else 'no external scripts, no machine paths, no tables shown as text'}")
     return 1 if failed else 0
 
 
