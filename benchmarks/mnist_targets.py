@@ -63,9 +63,10 @@ def run_one(name: str, seed: int, classifier, progress: bool, overrides: dict | 
     model, history, _ = train_model(name, cfg, progress=progress, retrain=True)
     cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
-    sample_model(name, cfg, model, N, seed=0)
+    samples = sample_model(name, cfg, model, N, seed=0)
     sample_seconds = time.perf_counter() - t0
-    result = evaluate_model(name, cfg, model, n=N, iwae_k=64, progress=progress, classifier=classifier)
+    result = evaluate_model(name, cfg, model, n=N, iwae_k=64, progress=progress, classifier=classifier,
+                            samples=samples)
     shares = [c / N for c in result["histogram"]]
     row = {"model": name, "seed": seed, "config": json.loads(json.dumps(cfg.__dict__, default=str)),
            "train_seconds": history.seconds, "train_cpu_seconds": cpu, "sample_seconds": sample_seconds,

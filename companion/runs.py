@@ -97,7 +97,8 @@ def sample_model(name: ModelSpec | str, cfg, model, n: int, *, seed: int = 0, la
 
 
 def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = True, n: int | None = None,
-                   iwae_k: int = 100, seed: int = 0, progress: bool = True, classifier=None) -> dict:
+                   iwae_k: int = 100, seed: int = 0, progress: bool = True, classifier=None,
+                   samples: Tensor | None = None) -> dict:
     """The recipe's own metrics plus, for MNIST generators, the shared ones of :mod:`companion.metrics`.
 
     Image generators: ``n`` samples (default: as many as test images, at most 2,000) scored
@@ -105,7 +106,8 @@ def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = T
     (feature FID, classifier IS, coverage, class KL; label accuracy for conditional models), the
     real-vs-real baseline at the same ``n`` (:func:`real_baseline`), and for the VAEs the IWAE NLL
     bound with ``iwae_k`` samples on those test images. ``classifier`` defaults to
-    :func:`companion.recipes.classifier.mnist_classifier` (trained once, cached).
+    :func:`companion.recipes.classifier.mnist_classifier` (trained once, cached). ``samples``: the ``n`` images
+    of ``sample_model(spec, cfg, model, n, seed=seed)`` when the caller has drawn them already.
     """
     spec = get_spec(spec)
     recipe = spec.load()
@@ -127,7 +129,9 @@ def evaluate_model(spec: ModelSpec | str, cfg, model, *, image_metrics: bool = T
         if classifier is None:
             classifier = classifier_recipe.mnist_classifier(progress=progress, verbose=False)
         labels = torch.arange(n) % 10 if spec.conditional else None
-        x = sample_model(spec, cfg, model, n, seed=seed)
+        x = sample_model(spec, cfg, model, n, seed=seed) if samples is None else samples
+        if x.shape[0] != n:
+            raise RunError(f"samples must hold n = {n} images, got {x.shape[0]}")
         found = M.image_metrics(x.float().clamp(0, 1), classifier, x_test, labels=labels)
         base = real_baseline(classifier, n)
         out.update(found)

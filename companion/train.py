@@ -38,7 +38,7 @@ from torch import Tensor
 from companion.env import env_flag
 
 __all__ = ["seed_everything", "minibatches", "History", "train_loop", "cosine_decay", "linear_warmup",
-           "warmup_cosine_lr", "warmup_schedule", "cache_dir", "train_or_load"]
+           "warmup_cosine_lr", "warmup_schedule", "WeightAverage", "cache_dir", "train_or_load"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -191,6 +191,36 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
 
 CACHE_ENV = "COMPANION_CACHE"
 RETRAIN_ENV = "COMPANION_RETRAIN"
+
+
+class WeightAverage:
+    r"""An exponential moving average of parameters (Polyak averaging), kept beside the live weights.
+
+    After step :math:`i` (from 0), :math:`\bar\theta \leftarrow d_i \bar\theta + (1 - d_i)\, \theta` with
+    :math:`d_i = \min\big(\text{decay}, \frac{1 + i}{10 + i}\big)`: the warm-up lets the average forget the
+    random initialisation quickly. :meth:`copy_to_params` puts the average into the parameters at the end of
+    training. Used for the GANs' generators and the flow-matching and diffusion networks.
+    """
+
+    def __init__(self, params, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+        self.params = list(params)
+        self.decay = float(decay)
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, i: int) -> None:
+        """Fold in the parameters after step ``i``."""
+        d = min(self.decay, (1 + i) / (10 + i))
+        for e, p in zip(self.average, self.params, strict=True):
+            e.lerp_(p, 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        """Overwrite the parameters with their average."""
+        for p, e in zip(self.params, self.average, strict=True):
+            p.copy_(e)
 
 
 def cache_dir() -> Path:

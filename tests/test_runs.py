@@ -11,6 +11,7 @@ from companion import metrics as M
 from companion import runs
 from companion.classifiers import MNISTClassifier
 from companion.recipes import classifier as recipe
+from companion.recipes import vae as recipe_vae
 
 # a model name of its own: the classifier recipe with one fixed field and two changed defaults
 SPEC = runs.ModelSpec("tiny", "companion.recipes.classifier", "a test spec", fixed={"shift": 0},
@@ -150,3 +151,17 @@ def test_real_baseline_scores_training_images_against_the_reference_test_images(
     probs = M.classifier_outputs(clf, x_ref)[1]
     assert base["inception_score"] == pytest.approx(M.inception_score(probs), rel=1e-9)
     assert base["label_accuracy"] == pytest.approx(M.label_accuracy(probs, y_ref))
+
+
+@pytest.mark.slow
+def test_evaluate_model_scores_given_samples_as_it_scores_its_own(mnist):
+    clf = MNISTClassifier().eval()  # untrained: the two evaluations must agree, not be good
+    clf.test_accuracy = 0.0
+    cfg = runs.make_config("vae", {"epochs": 0.1, "train_size": 256, "hidden": [16], "z_dim": 2})
+    model = recipe_vae.build_model(cfg).eval()
+    own = runs.evaluate_model("vae", cfg, model, n=50, iwae_k=2, progress=False, classifier=clf)
+    x = runs.sample_model("vae", cfg, model, 50, seed=0)
+    given = runs.evaluate_model("vae", cfg, model, n=50, iwae_k=2, progress=False, classifier=clf, samples=x)
+    assert given["fid"] == own["fid"] and given["inception_score"] == own["inception_score"]
+    with pytest.raises(runs.RunError, match="samples must hold n = 50 images, got 10"):
+        runs.evaluate_model("vae", cfg, model, n=50, progress=False, classifier=clf, samples=x[:10])

@@ -85,3 +85,23 @@ def test_train_or_load_trains_once_then_loads_identical_weights(tmp_path, monkey
 
 def test_package_exports_seed_everything():
     assert companion.seed_everything is seed_everything
+
+
+def test_weight_average_follows_its_formula_and_copies_into_the_parameters():
+    from companion.train import WeightAverage
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([p], decay=0.9)
+    expected = torch.zeros(3)
+    for i, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):
+        with torch.no_grad():
+            p.fill_(value)
+        avg.update(i)
+        d = min(0.9, (1 + i) / (10 + i))
+        expected = d * expected + (1 - d) * value
+    torch.testing.assert_close(avg.average[0], expected)
+    assert float(p[0]) == 5.0  # the live weights are untouched until the copy
+    avg.copy_to_params()
+    torch.testing.assert_close(p.detach(), expected)
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
+        WeightAverage([p], decay=1.0)

@@ -34,7 +34,7 @@ from companion.diffusion import (
     ddpm_sample,
     linear_beta_schedule,
 )
-from companion.recipes.flow_matching import fit_field
+from companion.recipes.flow_matching import check_training_fields, fit_field
 from companion.train import History
 from companion.unet import UNet
 
@@ -72,26 +72,15 @@ class Config:
     p_uncond: float = 0.0
 
     def __post_init__(self):
-        for name, low in (("channels", 1), ("T", 1), ("steps", 0), ("batch_size", 1), ("sample_steps", 1),
-                          ("warmup_steps", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if self.channels % 8:
-            raise ValueError(f"channels must be a multiple of 8 (GroupNorm groups), got {self.channels}")
+        check_training_fields(self)
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
+            raise ValueError(f"T must be an int >= 1, got {self.T!r}")
         if self.schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if self.sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
         if self.sampler == "ddim" and self.sample_steps > self.T:
             raise ValueError(f"sample_steps must be <= T = {self.T} for DDIM, got {self.sample_steps}")
-        for name in ("lr", "lr_min"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not self.grad_clip >= 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip!r}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta!r}")
         if self.conditional:

@@ -34,10 +34,10 @@ from torch import Tensor, nn
 from companion import distributed
 from companion.data import load_mnist
 from companion.flow_matching import drop_labels, euler_sample, flow_matching_loss, guided_velocity, heun_sample
-from companion.train import History, train_loop, warmup_cosine_lr
+from companion.train import History, WeightAverage, train_loop, warmup_cosine_lr
 from companion.unet import UNet
 
-__all__ = ["Config", "config_dict", "build_model", "train", "sample", "evaluate", "fit_field"]
+__all__ = ["Config", "config_dict", "build_model", "train", "sample", "evaluate", "fit_field", "check_training_fields"]
 
 SAMPLERS = {"euler": euler_sample, "heun": heun_sample}
 
@@ -77,30 +77,36 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("channels", "steps", "batch_size", "sample_steps"):
-            value = getattr(self, name)
-            low = 0 if name == "steps" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if self.channels % 8:
-            raise ValueError(f"channels must be a multiple of 8 (GroupNorm groups), got {self.channels}")
+        check_training_fields(self)
         if not isinstance(self.conditional, bool):
             raise ValueError(f"conditional must be True or False, got {self.conditional!r}")
-        for name in ("lr", "lr_min"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
-        if not self.grad_clip >= 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip!r}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
         if not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0 (1 = plain conditional, 0 = unconditional), got {self.guidance!r}")
+
+
+def check_training_fields(cfg) -> None:
+    """Validate the fields that the configs of :func:`fit_field`'s recipes share (a clear ``ValueError``).
+
+    ``channels`` (a multiple of 8), ``steps`` (>= 0), ``batch_size``, ``sample_steps`` (>= 1), ``warmup_steps``
+    (>= 0), ``lr`` and ``lr_min`` (> 0), ``grad_clip`` (>= 0) and ``ema`` (in [0, 1)).
+    """
+    for name, low in (("channels", 1), ("steps", 0), ("batch_size", 1), ("sample_steps", 1), ("warmup_steps", 0)):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if cfg.channels % 8:
+        raise ValueError(f"channels must be a multiple of 8 (GroupNorm groups), got {cfg.channels}")
+    for name in ("lr", "lr_min"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+    if not cfg.grad_clip >= 0:
+        raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {cfg.grad_clip!r}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {cfg.ema!r}")
 
 
 def config_dict(cfg: Config) -> dict:
@@ -133,7 +139,7 @@ def fit_field(cfg, model: UNet, loss_fn, desc: str, *, progress: bool = True, ca
     x_all, y_all = _training_images()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     params = list(model.parameters())
-    ema = [p.detach().clone() for p in params] if cfg.ema else None
+    ema = WeightAverage(params, cfg.ema) if cfg.ema else None
     net = distributed.data_parallel(model)
     model.train()
 
@@ -151,18 +157,13 @@ def fit_field(cfg, model: UNet, loss_fn, desc: str, *, progress: bool = True, ca
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        if ema is not None:  # with a warm-up, so that the average forgets the random initialisation quickly
-            decay = min(cfg.ema, (1 + i) / (10 + i))
-            with torch.no_grad():
-                for e, p in zip(ema, params, strict=True):
-                    e.lerp_(p, 1.0 - decay)
+        if ema is not None:
+            ema.update(i)
         return {"loss": loss.detach(), "lr": lr}
 
     history = train_loop(step, cfg.steps, desc=desc, progress=progress and distributed.is_main(), callback=callback)
     if ema is not None and cfg.steps > 0:
-        with torch.no_grad():
-            for p, e in zip(params, ema, strict=True):
-                p.copy_(e)
+        ema.copy_to_params()
     model.eval()
     return history
 

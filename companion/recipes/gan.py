@@ -34,7 +34,7 @@ from companion import gan as G
 from companion import gan_networks as N
 from companion.diffaugment import diff_augment, parse_diff_augment_policy
 from companion.toy2d import mode_coverage, ring_centers, sample_ring
-from companion.train import History, train_loop
+from companion.train import History, WeightAverage, train_loop
 
 __all__ = ["Config", "DEFAULTS", "LOSSES", "resolve", "build_model", "train", "recalibrate_batch_norm", "evaluate",
            "sample", "snapshot_callback", "snapshots", "config_dict", "VARIANTS", "compare_variants"]
@@ -256,7 +256,7 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
     n_classes = model.n_classes
     # Polyak averaging of G: a moving average of its weights, copied into G at the end of training
     g_params = list(Gn.parameters())
-    ema = [p.detach().clone() for p in g_params] if cfg.g_ema else None
+    ema = WeightAverage(g_params, cfg.g_ema) if cfg.g_ema else None
     model.train()
     # under torchrun: DDP wrappers that average the gradients over the ranks (on one process: D and Gn)
     D_net, G_net = distributed.data_parallel(D), distributed.data_parallel(Gn)
@@ -284,19 +284,14 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        if ema is not None:  # with a warm-up, so that the average forgets the random initialisation quickly
-            decay = min(cfg.g_ema, (1 + i) / (10 + i))
-            with torch.no_grad():
-                for e, p in zip(ema, g_params, strict=True):
-                    e.lerp_(p, 1.0 - decay)
+        if ema is not None:
+            ema.update(i)
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     desc = f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
     history = train_loop(step, cfg.steps, desc=desc, progress=progress and distributed.is_main(), callback=callback)
     if ema is not None and cfg.steps > 0:
-        with torch.no_grad():
-            for p, e in zip(g_params, ema, strict=True):
-                p.copy_(e)
+        ema.copy_to_params()
         recalibrate_batch_norm(Gn, cfg.batch_size, gen)
     model.eval()
     return history
