@@ -15,6 +15,7 @@ from companion.attention import check_attention_weight_bytes, check_score_varian
 from companion.bert import check_pseudo_log_likelihood, pseudo_log_likelihood
 from companion.bleu import check_bleu_gaming
 from companion.classifiers import check_generative
+from companion.conv_seq2seq import check_layers_needed
 from companion.distributed import check_scale_out_steps
 from companion.divergences import check_forward_kl_fit
 from companion.gradient_estimators import check_gaussian_score
@@ -185,6 +186,16 @@ def test_check_loglog_slope(capsys):
     assert check_loglog_slope(slope)
     assert not check_loglog_slope(lambda lengths, s: math.log(s[-1] / s[0]) / math.log(lengths[-1] / lengths[0]))
     assert verdicts(capsys) == ["Correct", "Not yet"]
+
+
+def test_check_layers_needed(capsys):
+    def layers_needed(max_len, k):
+        return math.ceil(math.log2((2 * max_len + 1) / (k - 1) + 1))
+
+    assert check_layers_needed(layers_needed)
+    assert not check_layers_needed(lambda max_len, k: math.ceil(math.log2(2 * max_len)))  # ignores k
+    assert not check_layers_needed(lambda max_len, k: 2 * max_len)  # an undilated count
+    assert verdicts(capsys) == ["Correct", "Not yet", "Not yet"]
 
 
 def test_pseudo_log_likelihood_equals_one_masked_forward_pass_per_position():

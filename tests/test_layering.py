@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "classifiers": 1,
     "transformer": 1,
     "seq2seq": 1,
+    "conv_seq2seq": 1,
     "gpt": 1,
     "bert": 1,
     "gan": 1,
