@@ -41,9 +41,10 @@ DDIM (:func:`ddim_sample`, Song, Meng and Ermon 2021) visits a subsequence of th
     \sigma = \eta \sqrt{\frac{1 - \bar\alpha_{s}}{1 - \bar\alpha_t}}
         \sqrt{1 - \frac{\bar\alpha_t}{\bar\alpha_{s}}},
 
-deterministic for :math:`\eta = 0`. Schedules: linear (:func:`linear_beta_schedule`, Ho et al.) and
-cosine (:func:`cosine_alpha_bar`, Nichol and Dhariwal 2021,
-:math:`\bar\alpha(t) = f(t) / f(0)`, :math:`f(t) = \cos^2\big(\frac{t/T + s}{1 + s} \frac\pi2\big)`).
+deterministic for :math:`\eta = 0`. Classifier-free guidance on the noise: :func:`guided_eps`. Schedules: linear
+(:func:`linear_beta_schedule`, Ho et al.) and cosine (:func:`cosine_alpha_bar`, Nichol and Dhariwal 2021,
+:math:`\bar\alpha(t) = f(t) / f(0)`, :math:`f(t) = \cos^2\big(\frac{t/T + s}{1 + s} \frac\pi2\big)`). The exercise
+checkers (``check_...``) compare a reader's function with these.
 
 Indexing: arrays hold the steps :math:`t = 1, \dots, T` of the papers at indices ``0 .. T-1``;
 ``betas[i]`` is :math:`\beta_{i+1}` and ``alpha_bar[i]`` is :math:`\bar\alpha_{i+1}`, and
@@ -62,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from companion.checks import verdict
+
 __all__ = [
     "linear_beta_schedule",
     "cosine_alpha_bar",
@@ -76,6 +79,10 @@ __all__ = [
     "ddpm_sample",
     "ddim_timesteps",
     "ddim_sample",
+    "guided_eps",
+    "check_q_sample",
+    "check_posterior_mean",
+    "check_eps_from_score",
 ]
 
 EpsModel = Callable[..., Tensor]
@@ -266,6 +273,17 @@ def _call(model: EpsModel, x: Tensor, t: Tensor, labels: Tensor | None) -> Tenso
     return out
 
 
+def guided_eps(model: EpsModel, x: Tensor, t: Tensor, labels: Tensor, scale: float, null_label: int) -> Tensor:
+    r"""Classifier-free guidance :math:`\varepsilon_\varnothing + w (\varepsilon_y - \varepsilon_\varnothing)`, as
+    :func:`companion.flow_matching.guided_velocity`: ``model(x, t, labels)``, ``x: (B, ...)``, ``t, labels: (B,)``;
+    ``scale`` = w (0 unconditional, 1 conditional); one batched call on ``2B`` inputs."""
+    if labels.shape != (x.shape[0],) or labels.dtype.is_floating_point:
+        raise ValueError(f"labels must be (B,) = ({x.shape[0]},) integers, got {tuple(labels.shape)} {labels.dtype}")
+    null = torch.full_like(labels, null_label)
+    eps_cond, eps_uncond = _call(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
 def ddpm_loss(model: EpsModel, x0: Tensor, alpha_bar: Tensor, generator: torch.Generator | None = None,
               labels: Tensor | None = None, *, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
     r"""The simplified DDPM loss :math:`\|\varepsilon - \varepsilon_\theta(x_t, t)\|^2`, averaged over all entries.
@@ -396,3 +414,66 @@ def ddim_sample(model: EpsModel, shape: Sequence[int], alpha_bar: Tensor, steps:
         if sigma > 0:
             x = x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return x
+
+
+# ------------------------------------------------------------------------ exercise checkers
+
+
+def _try(fn, *args):
+    try:  # the reader's code: report an error, do not crash
+        return fn(*(a.clone() for a in args)), None
+    except Exception as exc:
+        return None, f"fn raised {type(exc).__name__}: {exc}"
+
+
+def _same(a, b: Tensor) -> bool:
+    return isinstance(a, Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), 1e-5, 1e-7)
+
+
+def check_q_sample(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> bool:
+    r"""Exercise checker: ``fn(x0, t, noise, alpha_bar)`` should return :func:`q_sample`'s
+    :math:`\sqrt{\bar\alpha_t} x_0 + \sqrt{1 - \bar\alpha_t}\, \varepsilon` for images ``(B, 1, 4, 4)``."""
+    x0, noise = torch.randn(2, 5, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alpha_bar, t = alpha_bar_from_betas(linear_beta_schedule(100, 1e-3, 0.05)), torch.tensor([0, 9, 40, 70, 99])
+    got, err = _try(fn, x0, t, noise, alpha_bar)
+    if err:
+        return verdict(False, f"{err} (t holds one step per example: index alpha_bar[t] and reshape to (B, 1, 1, 1))")
+    if _same(got, q_sample(x0, t, noise, alpha_bar)):
+        return verdict(True, "x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, one step per example")
+    ab = alpha_bar[t].reshape(-1, 1, 1, 1)
+    if _same(got, ab * x0 + (1 - ab) * noise):
+        return verdict(False, "you scale by alpha_bar and 1 - alpha_bar: those are the variances; take square roots")
+    return verdict(False, "expected sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) noise, with each example's own t")
+
+
+def check_posterior_mean(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> bool:
+    r"""Exercise checker: ``fn(x0, x_t, t, betas)`` should return the mean :math:`\tilde\mu_t` of
+    :math:`q(x_{t-1} \mid x_t, x_0)` (:func:`q_posterior`), for steps ``t >= 1`` and vectors ``(B, 3)``."""
+    x0, x_t = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    betas, t = linear_beta_schedule(50, 1e-3, 0.1), torch.tensor([1, 5, 20, 49])
+    got, err = _try(fn, x0, x_t, t, betas)
+    if err:
+        return verdict(False, err)
+    if _same(got, q_posterior(x0, x_t, t, betas)[0]):
+        return verdict(True, "the posterior mean mixes x0 and x_t with the weights of the two Gaussian factors")
+    if _same(got, q_posterior(x_t, x0, t, betas)[0]):
+        return verdict(False, "x0 and x_t are swapped: x0's weight has sqrt(alpha_bar_{t-1}) beta_t in it")
+    return verdict(False, "expected (sqrt(ab_{t-1}) beta_t x0 + sqrt(alpha_t) (1 - ab_{t-1}) x_t) / (1 - ab_t)")
+
+
+def check_eps_from_score(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
+    r"""Exercise checker: ``fn(score, alpha_bar_t)`` should return the noise prediction of a score,
+    :math:`-\sqrt{1 - \bar\alpha_t}\, \nabla \log q(x_t)` (:func:`eps_from_score`); ``alpha_bar_t: (B, 1)``."""
+    g = torch.Generator().manual_seed(2)
+    score, ab = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.rand(6, 1, generator=g, dtype=torch.float64)
+    got, err = _try(fn, score, ab)
+    if err:
+        return verdict(False, err)
+    want = eps_from_score(score, ab)
+    if _same(got, want):
+        return verdict(True, "eps_hat = -sqrt(1 - alpha_bar_t) score: the noise points against the score")
+    if _same(got, -want):
+        return verdict(False, "wrong sign: the score points from x_t towards the data, the noise away from it")
+    if _same(got, -(1 - ab) * score):
+        return verdict(False, "(1 - alpha_bar_t) is the noise's variance; the noise's scale is its square root")
+    return verdict(False, "expected -sqrt(1 - alpha_bar_t) * score (Tweedie's formula)")

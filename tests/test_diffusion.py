@@ -17,6 +17,7 @@ from companion.diffusion import (
     ddpm_loss,
     ddpm_sample,
     eps_from_score,
+    guided_eps,
     linear_beta_schedule,
     q_posterior,
     q_sample,
@@ -269,3 +270,21 @@ def test_samplers_reject_bad_step_counts_and_shapes():
         ddpm_sample(eps, (2, 1), cosine_beta_schedule(10), variance="learned")
     with pytest.raises(ValueError, match=r"betas must lie in \(0, 1\)"):
         ddpm_sample(eps, (2, 1), torch.tensor([0.5, 1.5]))
+
+
+def test_guided_eps_interpolates_and_extrapolates_between_the_unconditional_and_the_conditional_noise():
+    g = torch.Generator().manual_seed(7)
+    eps_c, eps_u = torch.randn(2, 3, 1, 4, 4, generator=g)
+    calls = []
+
+    def model(x, t, labels):  # the conditional noise for a digit, the unconditional one for the null label 10
+        calls.append(labels.clone())
+        return torch.where((labels == 10).reshape(-1, 1, 1, 1), torch.cat([eps_u, eps_u]), torch.cat([eps_c, eps_c]))
+
+    x, t, labels = torch.zeros(3, 1, 4, 4), torch.full((3,), 5), torch.tensor([1, 4, 7])
+    torch.testing.assert_close(guided_eps(model, x, t, labels, 0.0, 10), eps_u)
+    torch.testing.assert_close(guided_eps(model, x, t, labels, 1.0, 10), eps_c)
+    torch.testing.assert_close(guided_eps(model, x, t, labels, 3.0, 10), eps_u + 3 * (eps_c - eps_u))
+    assert len(calls) == 3 and calls[0].tolist() == [1, 4, 7, 10, 10, 10]  # one batched call of 2B inputs
+    with pytest.raises(ValueError, match=r"labels must be \(B,\) = \(3,\) integers"):
+        guided_eps(model, x, t, labels.float(), 2.0, 10)

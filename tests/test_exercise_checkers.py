@@ -16,12 +16,14 @@ from companion.bert import check_pseudo_log_likelihood, pseudo_log_likelihood
 from companion.bleu import check_bleu_gaming
 from companion.classifiers import check_generative
 from companion.conv_seq2seq import check_layers_needed
+from companion.diffusion import check_eps_from_score, check_posterior_mean, check_q_sample
 from companion.distributed import check_scale_out_steps
 from companion.divergences import check_forward_kl_fit
 from companion.gradient_estimators import check_gaussian_score
 from companion.layers import check_transe_scores, transe_score
 from companion.linear_gaussian import check_gaussian_decoder_nll, check_meanfield_variances
 from companion.positional import check_pair_distance, check_pe_dot, pe_frequencies
+from companion.probes import check_probe
 from companion.seq2seq import LSTMSeq2Seq, check_bottleneck, check_loglog_slope
 from companion.transformer import check_label_smoothing_minimum
 from companion.vqvae import VQVAE, check_vq_kl
@@ -233,3 +235,59 @@ def test_check_bleu_gaming(capsys):
     assert verdicts(capsys) == ["Correct", "Not yet", "Not yet", "Not yet"]
     with pytest.raises(TypeError, match="strings"):
         check_bleu_gaming(["the cat"], "a kitten")
+
+
+def test_check_q_sample(capsys):
+    def right(x0, t, noise, alpha_bar):
+        ab = alpha_bar[t].reshape(-1, 1, 1, 1)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def variances(x0, t, noise, alpha_bar):  # scales by the variances, not the standard deviations
+        ab = alpha_bar[t].reshape(-1, 1, 1, 1)
+        return ab * x0 + (1 - ab) * noise
+
+    assert check_q_sample(right)
+    assert not check_q_sample(variances)
+    assert not check_q_sample(lambda x0, t, noise, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * noise)  # no reshape
+    assert verdicts(capsys) == ["Correct", "Not yet", "Not yet"]
+
+
+def test_check_posterior_mean(capsys):
+    from companion.diffusion import alpha_bar_from_betas
+
+    def right(x0, x_t, t, betas):
+        ab = alpha_bar_from_betas(betas)
+        ab_t, ab_prev, beta = ab[t][:, None], ab[t - 1][:, None], betas[t][:, None]
+        return (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * x_t) / (1 - ab_t)
+
+    assert check_posterior_mean(right)
+    assert not check_posterior_mean(lambda x0, x_t, t, betas: right(x_t, x0, t, betas))  # swapped
+    assert not check_posterior_mean(lambda x0, x_t, t, betas: x0)  # the data alone
+    assert verdicts(capsys) == ["Correct", "Not yet", "Not yet"]
+
+
+def test_check_eps_from_score(capsys):
+    assert check_eps_from_score(lambda score, ab: -torch.sqrt(1 - ab) * score)
+    assert not check_eps_from_score(lambda score, ab: torch.sqrt(1 - ab) * score)  # wrong sign
+    assert not check_eps_from_score(lambda score, ab: -(1 - ab) * score)  # the variance, not the scale
+    assert verdicts(capsys) == ["Correct", "Not yet", "Not yet"]
+
+
+def test_check_probe(capsys):
+    def probe(tx, ty, vx, vy, standardise=True, report_train=False):
+        mu, sd = (tx.mean(0), tx.std(0)) if standardise else (0.0, 1.0)
+        h, hv = (tx - mu) / sd, (vx - mu) / sd
+        W = torch.zeros(h.shape[1], 3, requires_grad=True)
+        b = torch.zeros(3, requires_grad=True)
+        opt = torch.optim.Adam([W, b], lr=0.05)
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(h @ W + b, ty).add(5e-4 * (W**2).sum()).backward()
+            opt.step()
+        x, y = (h, ty) if report_train else (hv, vy)
+        return ((x @ W + b).argmax(1) == y).float().mean().item()
+
+    assert check_probe(probe)
+    assert not check_probe(lambda *a: probe(*a, standardise=False))
+    assert not check_probe(lambda *a: probe(*a, report_train=True))
+    assert verdicts(capsys) == ["Correct", "Not yet", "Not yet"]

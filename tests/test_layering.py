@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "plotting": 2,
     "human_eval": 2,
+    "probes": 2,
     "env": 2,
     # 3: recipes (a model's config, data and training loop)
     "recipes": 3,

@@ -51,7 +51,8 @@ def test_the_schedules_are_the_papers():
     ("sample_steps", 2000, r"sample_steps must be <= T = 1000"),
     ("T", 0, "T must be an int >= 1"),
     ("eta", -0.5, "eta must be >= 0"),
-    ("conditional", True, "unconditional models only"),
+    ("p_uncond", 1.0, r"p_uncond must be in \[0, 1\)"),
+    ("guidance", -1.0, "guidance must be >= 0"),
     ("channels", 20, "multiple of 8"),
 ])
 def test_bad_config_values_get_clear_errors(field, value, message):
@@ -65,3 +66,31 @@ def test_the_model_name_and_its_sampling_options():
 
     args = build_parser().parse_args(["sample", "ddpm", "--steps", "20", "--sampler", "ddpm"])
     assert (args.cfg_sample_steps, args.cfg_sampler) == (20, "ddpm")
+
+
+def test_a_conditional_model_samples_the_requested_digits_with_guidance(mnist):
+    cfg = R.Config(**{**TINY, "conditional": True, "p_uncond": 0.2, "guidance": 2.0})
+    model = R.build_model(cfg)
+    assert model.null_label == 10
+    loss = R.train(cfg, model, progress=False)["loss"]
+    assert all(math.isfinite(v) for v in loss)
+    x = R.sample(cfg, model, 4, generator=torch.Generator().manual_seed(0), labels=torch.tensor([0, 1, 2, 3]))
+    assert x.shape == (4, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert R.evaluate(cfg, model) == {"network_evaluations_per_sample": 8.0}  # two evaluations per guided step
+    with pytest.raises(ValueError, match="unconditional: labels must be None"):
+        R.sample(R.Config(**TINY), R.build_model(R.Config(**TINY)), 2, labels=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0])
+def test_guidance_zero_and_one_take_one_network_call_and_equal_the_guided_formula(w):
+    from companion.diffusion import ddim_sample, guided_eps
+
+    cfg = R.Config(**{**TINY, "conditional": True, "guidance": w})
+    model = R.build_model(cfg).eval()
+    labels = torch.tensor([3, 7])
+    fast = R.sample(cfg, model, 2, generator=torch.Generator().manual_seed(0), labels=labels)
+    alpha_bar = alpha_bar_from_betas(R.betas_of(cfg))
+    slow = ddim_sample(lambda x, t: guided_eps(model, x, t, labels, w, model.null_label), (2, 1, 28, 28),
+                       alpha_bar, cfg.sample_steps, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fast, ((slow + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-5)
+    assert R.evaluate(cfg, model) == {"network_evaluations_per_sample": 4.0}

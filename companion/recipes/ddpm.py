@@ -15,6 +15,11 @@ with the training loop of the flow-matching recipe (:func:`companion.recipes.flo
 Adam, warm-up + cosine rate, gradient clipping, a moving average of the weights). The schedule is
 ``"linear"`` (:math:`\beta_t` from 1e-4 to 0.02, Ho et al. 2020) or ``"cosine"`` (Nichol & Dhariwal 2021).
 
+With ``conditional=True`` the network also sees the digit, dropped to the null label with probability
+``p_uncond`` (as in the flow-matching recipe), and sampling uses classifier-free guidance with scale
+``guidance`` on the predicted noise (:func:`companion.diffusion.guided_eps`). The command-line model
+``ddpm`` is unconditional; the chapter trains the conditional one.
+
 Sampling: ``"ddim"`` (deterministic for ``eta = 0``, ``sample_steps`` network evaluations) or
 ``"ddpm"`` (ancestral, all ``T`` steps).
 """
@@ -32,6 +37,7 @@ from companion.diffusion import (
     ddim_sample,
     ddpm_loss,
     ddpm_sample,
+    guided_eps,
     linear_beta_schedule,
 )
 from companion.recipes.flow_matching import check_training_fields, fit_field
@@ -52,6 +58,9 @@ class Config:
         sampler, sample_steps, eta: ``"ddim"`` with ``sample_steps`` evaluations and noise scale ``eta``, or
             ``"ddpm"`` (ancestral sampling over all ``T`` steps; ``sample_steps`` is ignored).
         seed: seeds the initialisation, the batches, the steps and the noise.
+        conditional: a digit-conditional model (classifier-free guidance) instead of an unconditional one.
+        p_uncond: probability of dropping a label to "no class" in training (conditional models).
+        guidance: the classifier-free guidance scale w for conditional samples (1 = no guidance).
     """
 
     channels: int = 16
@@ -68,8 +77,9 @@ class Config:
     sample_steps: int = 50
     eta: float = 0.0
     seed: int = 0
-    conditional: bool = False  # the shared training loop reads it; class-conditional DDPM is not offered
-    p_uncond: float = 0.0
+    conditional: bool = False
+    p_uncond: float = 0.1
+    guidance: float = 2.0
 
     def __post_init__(self):
         check_training_fields(self)
@@ -83,8 +93,12 @@ class Config:
             raise ValueError(f"sample_steps must be <= T = {self.T} for DDIM, got {self.sample_steps}")
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta!r}")
-        if self.conditional:
-            raise ValueError("the DDPM recipe trains unconditional models only (conditional must be False)")
+        if not isinstance(self.conditional, bool):
+            raise ValueError(f"conditional must be True or False, got {self.conditional!r}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond!r}")
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance must be >= 0 (1 = plain conditional, 0 = unconditional), got {self.guidance!r}")
 
 
 def config_dict(cfg: Config) -> dict:
@@ -93,10 +107,11 @@ def config_dict(cfg: Config) -> dict:
 
 
 def build_model(cfg: Config) -> UNet:
-    """The noise predictor :math:`\\varepsilon_\\theta(x_t, t)`: an unconditional :class:`~companion.unet.UNet`."""
+    """The noise predictor :math:`\\varepsilon_\\theta(x_t, t[, y])`: a :class:`~companion.unet.UNet` (10 digits + null
+    label when conditional), seeded by ``cfg.seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return UNet(cfg.channels)
+        return UNet(cfg.channels, n_classes=10 if cfg.conditional else 0)
 
 
 def betas_of(cfg: Config) -> Tensor:
@@ -111,29 +126,49 @@ def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> 
     alpha_bar = alpha_bar_from_betas(betas_of(cfg)).float()
 
     def loss_fn(net, x, labels, gen):
-        return ddpm_loss(net, x, alpha_bar, generator=gen)
+        return ddpm_loss(net, x, alpha_bar, generator=gen, labels=labels)
 
-    return fit_field(cfg, model, loss_fn, f"DDPM ({cfg.schedule} schedule, T = {cfg.T})", progress=progress,
-                     callback=callback)
+    desc = f"DDPM ({cfg.schedule} schedule, T = {cfg.T}{', conditional' if cfg.conditional else ''})"
+    return fit_field(cfg, model, loss_fn, desc, progress=progress, callback=callback)
 
 
 @torch.no_grad()
-def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` images ``(n, 1, 28, 28)`` in ``[0, 1]`` by ``cfg.sampler`` (see :class:`Config`)."""
+def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None = None,
+           labels: Tensor | None = None) -> Tensor:
+    """``n`` images ``(n, 1, 28, 28)`` in ``[0, 1]`` by ``cfg.sampler`` (see :class:`Config`).
+
+    A conditional model draws the digits ``labels`` (default ``0, 1, ..., 9, 0, ...``) with guidance scale
+    ``cfg.guidance``; an unconditional one takes no labels.
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
+    if not cfg.conditional and labels is not None:
+        raise ValueError("this DDPM model is unconditional: labels must be None")
     was_training = model.training
     model.eval()
     betas = betas_of(cfg)
+    eps_model = model
+    if cfg.conditional:
+        labels = torch.arange(n) % 10 if labels is None else labels
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+
+        def eps_model(x: Tensor, t: Tensor) -> Tensor:
+            if cfg.guidance in (0, 1):  # one network call: unconditional (w = 0) or plain conditional (w = 1)
+                return model(x, t, labels if cfg.guidance == 1 else torch.full_like(labels, model.null_label))
+            return guided_eps(model, x, t, labels, cfg.guidance, model.null_label)
+
     if cfg.sampler == "ddim":
-        x = ddim_sample(model, (n, 1, 28, 28), alpha_bar_from_betas(betas), cfg.sample_steps, cfg.eta,
+        x = ddim_sample(eps_model, (n, 1, 28, 28), alpha_bar_from_betas(betas), cfg.sample_steps, cfg.eta,
                         generator=generator)
     else:
-        x = ddpm_sample(model, (n, 1, 28, 28), betas, generator=generator)
+        x = ddpm_sample(eps_model, (n, 1, 28, 28), betas, generator=generator)
     model.train(was_training)
     return ((x + 1) / 2).clamp(0, 1)
 
 
 def evaluate(cfg: Config, model: UNet) -> dict[str, float]:
     """The recipe's own figure: network evaluations per sample (the image metrics are the runner's)."""
-    return {"network_evaluations_per_sample": float(cfg.sample_steps if cfg.sampler == "ddim" else cfg.T)}
+    guided = 2 if cfg.conditional and cfg.guidance not in (0, 1) else 1
+    steps = cfg.sample_steps if cfg.sampler == "ddim" else cfg.T
+    return {"network_evaluations_per_sample": float(steps * guided)}
