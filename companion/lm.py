@@ -49,6 +49,7 @@ __all__ = [
     "NeuralBigram",
     "check_bigram_probability",
     "check_perplexity",
+    "check_bits_per_character",
 ]
 
 
@@ -223,3 +224,24 @@ def check_perplexity(nll: float, ppl: float, bpc: float) -> bool:
     ppl_says = "right" if ok_ppl else f"expected exp({nll}) = {perplexity(nll):.4f}, got {ppl:.4f}"
     bpc_says = "right" if ok_bpc else f"expected {nll} / ln 2 = {bits_per_char(nll):.4f}, got {bpc:.4f}"
     return verdict(ok_ppl and ok_bpc, f"perplexity: {ppl_says}; bits/char: {bpc_says}")
+
+
+def check_bits_per_character(fn) -> bool:
+    r"""Exercise checker: does ``fn(token_nlls, token_texts) -> float`` return bits per character,
+    :math:`\sum_i \mathrm{NLL}_i / (\ln 2 \sum_i |\text{text}_i|)`, for tokens of any length?
+
+    ``token_nlls`` is a ``(N,)`` tensor of nats, ``token_texts`` the N strings the tokens spell.
+    Two cases: characters (one per token) and subword tokens of unequal lengths, where the
+    mean NLL per token divided by ln 2 is not the answer.
+    """
+    cases = {"one character per token": (torch.tensor([1.2, 0.4, 2.0, 0.9]), ["T", "h", "e", " "]),
+             "subword tokens": (torch.tensor([3.1, 0.7, 4.2]), ["The", " king", "'s"])}
+    for name, (nlls, texts) in cases.items():
+        want = float(nlls.sum()) / (math.log(2) * sum(len(t) for t in texts))
+        try:
+            got = float(fn(nlls.clone(), list(texts)))
+        except Exception as exc:  # a reader's bug: report it, do not crash the notebook
+            return verdict(False, f"your function raised {exc.__class__.__name__}: {exc}")
+        if not abs(got - want) < 1e-6:
+            return verdict(False, f"{name}: you gave {got:.4f} bits per character, the answer is {want:.4f}")
+    return verdict(True, "bits per character: total nats over total characters, in bits")

@@ -291,3 +291,12 @@ def test_check_probe(capsys):
     assert not check_probe(lambda *a: probe(*a, standardise=False))
     assert not check_probe(lambda *a: probe(*a, report_train=True))
     assert verdicts(capsys) == ["Correct", "Not yet", "Not yet"]
+
+
+def test_check_bits_per_character(capsys):
+    from companion.lm import check_bits_per_character
+
+    assert check_bits_per_character(lambda n, t: float(n.sum()) / (math.log(2) * sum(map(len, t))))
+    assert not check_bits_per_character(lambda n, t: float(n.mean()) / math.log(2))  # per token
+    assert not check_bits_per_character(lambda n, t: float(n.sum()) / sum(map(len, t)))  # nats
+    assert verdicts(capsys) == ["Correct", "Not yet", "Not yet"]

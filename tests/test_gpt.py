@@ -319,6 +319,40 @@ def test_evaluate_and_sample_follow_the_recipe_contract():
     assert len(texts) == 2 and all(len(t) == 21 and t[0] == "\n" for t in texts)
 
 
+def test_bpe_data_are_learned_on_the_training_text_and_scored_in_bits_per_character():
+    from companion.data import load_shakespeare, train_val_split
+    from companion.recipes import gpt as recipe
+
+    cfg = _tiny_recipe(tokenizer="bpe", bpe_vocab_size=300)
+    tok, train_ids, val_ids = recipe.load_data(cfg)
+    train_text, val_text = train_val_split(load_shakespeare())
+    assert tok.vocab_size == 300 and tok.decode(val_ids) == val_text and tok.decode(train_ids) == train_text
+    assert len(val_ids) < 0.8 * len(val_text)  # the merges compress
+    model = recipe.build_model(cfg)
+    torch.nn.init.zeros_(model.lm_head.weight)  # tied to the embedding: uniform logits over the vocabulary
+    metrics = recipe.evaluate(cfg, model)
+    assert metrics["val_loss"] == pytest.approx(math.log(300), abs=1e-4)
+    assert metrics["val_chars"] == len(tok.decode(val_ids[1:]))
+    assert metrics["val_bpc"] == pytest.approx(
+        math.log(300) * (len(val_ids) - 1) / (metrics["val_chars"] * math.log(2)), rel=1e-4)
+    with pytest.raises(ValueError, match="tokenizer must be 'char' or 'bpe'"):
+        _tiny_recipe(tokenizer="words")
+
+
+def test_generate_text_counts_the_prompt_in_max_length_as_hugging_face_does():
+    from companion.recipes import gpt as recipe
+
+    cfg = _tiny_recipe()
+    model = recipe.build_model(cfg)
+    text = recipe.generate_text(cfg, model, "ROMEO:", max_length=15, top_k=5,
+                                generator=torch.Generator().manual_seed(0))
+    assert text.startswith("ROMEO:") and len(text) == 15
+    greedy = [recipe.generate_text(cfg, model, "ROMEO:", max_length=10, temperature=0.0) for _ in range(2)]
+    assert greedy[0] == greedy[1]
+    with pytest.raises(ValueError, match="counts the prompt's 6 tokens"):
+        recipe.generate_text(cfg, model, "ROMEO:", max_length=5)
+
+
 # ----------------------------------------------------------------- exercise checkers
 
 

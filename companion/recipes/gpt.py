@@ -1,10 +1,14 @@
 """Recipe: a character-level GPT on tiny-shakespeare (chapter "Autoregressive language models").
 
-Data: tiny-shakespeare, character tokens, the course's 90/10 split
-(:func:`companion.data.train_val_split`). Training: AdamW on random windows (teacher forcing,
+Data: tiny-shakespeare, the course's 90/10 split (:func:`companion.data.train_val_split`), as
+character tokens (``tokenizer="char"``) or as byte-level BPE tokens (``tokenizer="bpe"``: merges
+learned by :func:`companion.tokenizers.train_bpe` on the training text only, ``bpe_vocab_size``
+tokens). Training: AdamW on random windows (teacher forcing,
 :func:`companion.lm.get_batch`), linear warm-up then cosine decay of the learning rate,
 gradient clipping. Evaluation: the mean NLL over the *whole* validation split
-(:func:`companion.lm.evaluate_nll`), in nats/char, with bits/char and perplexity.
+(:func:`companion.lm.evaluate_nll`), in nats per token, with perplexity and **bits per character**
+(the token NLL summed and divided by the characters it predicts: the one unit in which a
+character model and a BPE model can be compared).
 
 With ``time_budget`` set, training stops after that many seconds and the cosine schedule
 follows the elapsed *time*, so the learning rate reaches its minimum when the time is up
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,11 +35,12 @@ import torch
 
 from companion.data import CharTokenizer, load_shakespeare, train_val_split
 from companion.gpt import GPT, GPTConfig
-from companion.lm import bits_per_char, evaluate_nll, get_batch, perplexity
+from companion.lm import evaluate_nll, get_batch, perplexity
+from companion.tokenizers import train_bpe
 from companion.train import History, train_loop, warmup_cosine_lr
 
 __all__ = ["Config", "chapter_config", "benchmark_config", "TrainState", "load_data", "build_model", "init_state",
-           "lr_at", "train", "evaluate", "sample"]
+           "lr_at", "train", "evaluate", "sample", "generate_text"]
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Config:
     """Everything that defines a GPT run (JSON-serialisable)."""
 
     seed: int = 1337
+    tokenizer: str = "char"  # "char" or "bpe"
+    bpe_vocab_size: int = 512  # 256 bytes + merges (tokenizer="bpe")
     # model
     n_layer: int = 4
     n_head: int = 4
@@ -94,6 +102,8 @@ class Config:
         need(self.temperature >= 0, "temperature", ">= 0 (0 = greedy decoding)")
         need(self.top_k is None or self.top_k >= 1, "top_k", "None or an int >= 1")
         need(self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", "None or in (0, 1]")
+        need(self.tokenizer in ("char", "bpe"), "tokenizer", "'char' or 'bpe'")
+        need(self.bpe_vocab_size >= 257, "bpe_vocab_size", "an int >= 257 (256 bytes + at least one merge)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,8 +131,31 @@ def _corpus() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
     return tok, train_ids, val_ids
 
 
+class _BPE:
+    """A :class:`~companion.tokenizers.BPETokenizer` with the interface of :class:`CharTokenizer`."""
+
+    def __init__(self, text: str, vocab_size: int):
+        self.bpe = train_bpe(text, vocab_size)
+        self.vocab_size = self.bpe.vocab_size
+
+    def encode(self, s: str) -> torch.Tensor:
+        return torch.tensor(self.bpe.encode(s), dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        return self.bpe.decode(ids.tolist() if isinstance(ids, torch.Tensor) else ids)
+
+
+@functools.lru_cache(maxsize=2)
+def _bpe_corpus(vocab_size: int) -> tuple[_BPE, torch.Tensor, torch.Tensor]:
+    train_text, val_text = train_val_split(load_shakespeare())  # the characters' split
+    tok = _BPE(train_text, vocab_size)  # merges from the training text only
+    return tok, tok.encode(train_text), tok.encode(val_text)
+
+
 def load_data(cfg: Config | None = None) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    """``(tokenizer, train_ids, val_ids)``: tiny-shakespeare as character ids, split 90/10."""
+    """``(tokenizer, train_ids, val_ids)``: tiny-shakespeare split 90/10, as character ids or BPE ids."""
+    if cfg is not None and cfg.tokenizer == "bpe":
+        return _bpe_corpus(cfg.bpe_vocab_size)
     return _corpus()
 
 
@@ -257,12 +290,16 @@ def _estimate_val(cfg: Config, model: GPT, val_ids: torch.Tensor) -> float:
 
 
 def evaluate(cfg: Config, model: GPT) -> dict[str, float]:
-    """NLL over the whole validation split (every character predicted once; see
-    :func:`companion.lm.evaluate_nll`), as nats/char, bits/char and perplexity."""
-    _, _, val_ids = load_data(cfg)
+    r"""NLL over the whole validation split (every token but the first predicted once; see
+    :func:`companion.lm.evaluate_nll`): ``val_loss`` in nats per token, its perplexity, and
+    ``val_bpc``, bits per character, :math:`\sum_i \mathrm{NLL}_i / (\ln 2 \cdot \#\text{characters predicted})`
+    (for character tokens, the loss divided by ln 2)."""
+    tok, _, val_ids = load_data(cfg)
     nll = evaluate_nll(model, val_ids, cfg.block_size, cfg.eval_batch_size)
-    return {"val_loss": nll, "val_bpc": bits_per_char(nll), "val_ppl": perplexity(nll),
-            "val_tokens": float(len(val_ids) - 1), "block_size": float(cfg.block_size)}
+    n_tokens = len(val_ids) - 1
+    n_chars = len(tok.decode(val_ids[1:]))  # the characters that the predicted tokens spell
+    return {"val_loss": nll, "val_bpc": nll * n_tokens / (n_chars * math.log(2)), "val_ppl": perplexity(nll),
+            "val_tokens": float(n_tokens), "val_chars": float(n_chars), "block_size": float(cfg.block_size)}
 
 
 def sample(cfg: Config, model: GPT, n: int, generator: torch.Generator | None = None) -> list[str]:
@@ -272,3 +309,22 @@ def sample(cfg: Config, model: GPT, n: int, generator: torch.Generator | None = 
     out = model.generate(prompt, cfg.sample_length, temperature=cfg.temperature, top_k=cfg.top_k,
                          top_p=cfg.top_p, generator=generator)
     return [tok.decode(row) for row in out]
+
+
+@torch.no_grad()
+def generate_text(cfg: Config, model: GPT, prompt: str, max_length: int, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None,
+                  generator: torch.Generator | None = None) -> str:
+    """Continue ``prompt`` to ``max_length`` tokens *in all*, prompt included, as Hugging Face's
+    ``model.generate(input_ids, max_length=...)`` counts them (article ``003``, section 5); the
+    knobs are :meth:`companion.gpt.GPT.generate`'s. Returns the text, prompt included."""
+    tok, _, _ = load_data(cfg)
+    ids = tok.encode(prompt)
+    if len(ids) == 0:
+        raise ValueError("prompt must not be empty (it gives the first token)")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < len(ids):
+        raise ValueError(f"max_length counts the prompt's {len(ids)} tokens too: it must be an int >= {len(ids)}, "
+                         f"got {max_length!r}")
+    out = model.generate(ids[None, :], max_length - len(ids), temperature=temperature, top_k=top_k, top_p=top_p,
+                         generator=generator)
+    return tok.decode(out[0])
