@@ -18,13 +18,12 @@ vocabulary.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import replace
 
 import torch
-from provenance import provenance
+from provenance import write_results
 
 from companion.recipes import gpt as recipe
 
@@ -63,11 +62,7 @@ def main() -> None:
               f"{r['chars_per_token']:.2f} chars/token), {r['steps']} steps in {r['train_seconds']:.0f} s "
               f"(load {r['load_before']:.1f})", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**provenance("benchmarks/gpt_tokenizers.py"), "minutes": args.minutes, "runs": runs}, f,
-                      indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_results(args.json, "benchmarks/gpt_tokenizers.py", minutes=args.minutes, runs=runs)
 
 
 if __name__ == "__main__":

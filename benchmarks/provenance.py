@@ -7,6 +7,7 @@ Imported by the benchmark scripts (run as ``python benchmarks/NAME.py``, so this
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -48,3 +49,9 @@ def provenance(*paths: str) -> dict:
 def merged_provenance(parts: list[dict]) -> list[dict]:
     """The ``meta`` of every run behind result files being merged (a merged file lists all of its own parts)."""
     return [m for p in parts for m in p.get("merged_from", [p["meta"]])]
+
+
+def write_results(path: str | Path, script: str, **fields) -> None:
+    """Write ``{provenance of script, **fields}`` as indented JSON to ``path`` and say so."""
+    Path(path).write_text(json.dumps({**provenance(script), **fields}, indent=1) + "\n")
+    print(f"wrote {path}")

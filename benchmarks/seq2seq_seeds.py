@@ -15,12 +15,11 @@ every seed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import asdict, replace
 
 import torch
-from provenance import provenance
+from provenance import write_results
 
 from companion.recipes import transformer as recipe
 from companion.seq2seq import accuracy_by_length
@@ -65,10 +64,7 @@ def main() -> None:
                   f"length 12: {r['accuracy_by_length']['12']:.3f}, {r['seconds']:.0f} s "
                   f"(load {r['load_before']:.1f})", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**provenance("benchmarks/seq2seq_seeds.py"), "seeds": args.seeds, "runs": runs}, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_results(args.json, "benchmarks/seq2seq_seeds.py", seeds=args.seeds, runs=runs)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from companion.checks import verdict
 from companion.seq2seq import PAD, VOCAB_SIZE
+from companion.transformer import greedy_decode_by_prefix
 
 __all__ = ["CausalConv1d", "receptive_field", "left_align", "ConvSeq2Seq", "check_layers_needed"]
 
@@ -153,20 +154,8 @@ class ConvSeq2Seq(nn.Module):
         was = self.training
         self.eval()
         try:
-            ys = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
-            done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-            for _ in range(max_len):
-                logits = self(src, ys)[:, -1]
-                if not bool(torch.isfinite(logits).all()):
-                    raise FloatingPointError(f"non-finite logits at decoding step {ys.shape[1]}: the model's "
-                                             "weights or inputs hold NaN or inf (did training diverge?)")
-                nxt = torch.where(done, torch.full_like(logits[:, 0], self.pad_id, dtype=torch.long),
-                                  logits.argmax(-1))
-                ys = torch.cat([ys, nxt[:, None]], 1)
-                done |= nxt == eos_id
-                if bool(done.all()):
-                    break
-            return ys[:, 1:]
+            return greedy_decode_by_prefix(lambda ys: self(src, ys)[:, -1], src.shape[0], max_len, bos_id, eos_id,
+                                           self.pad_id, src.device)
         finally:
             self.train(was)
 

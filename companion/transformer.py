@@ -46,6 +46,7 @@ __all__ = [
     "EncoderLayer",
     "DecoderLayer",
     "Transformer",
+    "greedy_decode_by_prefix",
     "label_smoothing_cross_entropy",
     "noam_lr",
     "grad_norms_by_layer",
@@ -265,23 +266,35 @@ class Transformer(nn.Module):
         self.eval()
         try:
             memory, _ = self.encode(src)
-            B = src.shape[0]
-            ys = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)
-            done = torch.zeros(B, dtype=torch.bool, device=src.device)
-            for _ in range(max_len):
-                logits, _, _ = self.decode(ys, memory, src)
-                if not bool(torch.isfinite(logits[:, -1]).all()):
-                    raise FloatingPointError(f"non-finite logits at decoding step {ys.shape[1]}: the model's "
-                                             "weights or inputs hold NaN or inf (did training diverge?)")
-                nxt = logits[:, -1].argmax(-1)
-                nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
-                ys = torch.cat([ys, nxt[:, None]], dim=1)
-                done |= nxt == eos_id
-                if bool(done.all()):
-                    break
-            return ys[:, 1:]
+            return greedy_decode_by_prefix(lambda ys: self.decode(ys, memory, src)[0][:, -1], src.shape[0], max_len,
+                                           bos_id, eos_id, self.pad_id, src.device)
         finally:
             self.train(was_training)
+
+
+@torch.no_grad()
+def greedy_decode_by_prefix(next_logits, batch: int, max_len: int, bos_id: int, eos_id: int, pad_id: int,
+                            device=None) -> Tensor:
+    """The greedy loop of a model that re-reads the whole prefix at each step (this Transformer, the CNN of
+    :mod:`companion.conv_seq2seq`): ``next_logits(ys: (B, t)) -> (B, V)`` logits of the token after ``ys``.
+
+    Starts from BOS, appends the arg-max until every row has emitted EOS or ``max_len`` tokens are made;
+    returns ``(B, L)`` tokens without BOS, ``pad_id`` after each row's first EOS. Raises
+    ``FloatingPointError`` on non-finite logits (a diverged model).
+    """
+    ys = torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_len):
+        logits = next_logits(ys)
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError(f"non-finite logits at decoding step {ys.shape[1]}: the model's "
+                                     "weights or inputs hold NaN or inf (did training diverge?)")
+        nxt = torch.where(done, torch.full_like(logits[:, 0], pad_id, dtype=torch.long), logits.argmax(-1))
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+    return ys[:, 1:]
 
 
 # ----------------------------------------------------------------------------- training helpers
