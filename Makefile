@@ -1,5 +1,6 @@
 # The course's two commands. Each does ALL set-up on a fresh machine:
 #   make book   -> creates .venv, installs the course, builds the HTML book in _build/html
+#                  (English) and _build/html/zh (Chinese, from locales/zh_CN; tools/i18n.py)
 #   make test   -> creates .venv, installs the course, runs every test (package + notebooks)
 #
 # torch: a CPU build by default (no CUDA wheels). With a GPU, pick another build, e.g.
@@ -54,8 +55,14 @@ _build/.companion-stamp: $(PY_SOURCES)
 	rm -rf _build/.jupyter_cache
 	mkdir -p _build && touch $@
 
+# The Chinese edition reuses the English build's execution cache (each notebook runs once), and
+# fails, like the English one, on any warning; 'i18n.py check' then fails on any English message
+# without a faithful translation (extracted afresh from the sources).
 book: $(INSTALLED) $(OFFLINE) _build/.companion-stamp
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python tools/i18n.py build
+	$(BIN)/python tools/i18n.py extract
+	$(BIN)/python tools/i18n.py check
 	$(BIN)/python tools/check_site.py _build/html
 
 test: $(INSTALLED)

@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -40,11 +41,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=str, default=None, help="also write the figures to this JSON file")
     parser.add_argument("--samples", type=int, default=1, help="generated samples to print")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a field of benchmark_config(), e.g. --set dropout=0.1 (repeatable)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     cfg = recipe.benchmark_config(args.minutes)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in cfg.to_dict():
+            parser.error(f"--set expects KEY=VALUE with KEY a field of the config, got {item!r}")
+        cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(value)})
     recipe.load_data(cfg)  # read and tokenise before the clock starts
     model = recipe.build_model(cfg)
     load_before = os.getloadavg()

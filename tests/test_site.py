@@ -184,3 +184,42 @@ def test_text_is_readable_in_light_and_dark_mode(site, scheme):
     result = site["checker"].text_contrast(path, color_scheme=scheme, screenshot=shot)
     assert result["theme"] == scheme, f"{path}: the theme did not follow the reader's {scheme} mode ({result})"
     assert result["ratio"] >= 4.5, f"{path} in {scheme} mode: text contrast {result['ratio']:.2f} < 4.5 ({result})"
+
+
+# -- the Chinese edition (tools/i18n.py): same pages under zh/, a switch between them ------------------
+CJK_FONT = re.compile(r"CJK|WenQuanYi|Hei|Song|Ming|Kai|Source Han|Noto Sans SC|Noto Serif SC|PingFang|YaHei", re.I)
+
+
+def _english_chapters(site):
+    return [p for p in site["chapters"] if not p.startswith("zh/")]
+
+
+def test_every_english_page_has_a_chinese_page(site):
+    english = [p for p in site["pages"] if not p.startswith("zh/")]
+    missing = [p for p in english if f"zh/{p}" not in site["pages"]]
+    assert not missing, f"pages without a Chinese edition under zh/: {missing}"
+
+
+def test_language_switch_leads_to_the_same_page_in_the_other_edition(site):
+    path = next(p for p in _english_chapters(site) if p.startswith("notebooks/"))
+    assert site["checker"].follow_language_switch(path) == f"zh/{path}"
+    assert site["checker"].follow_language_switch(f"zh/{path}") == path
+
+
+def test_chinese_pages_are_in_chinese_and_drawn_in_a_cjk_font(site):
+    path = next(p for p in site["chapters"] if p.startswith("zh/notebooks/"))
+    h1 = site["reports"][path].h1
+    assert re.search(r"[\u4e00-\u9fff]", h1), f"{path}: the title is not in Chinese: {h1!r}"
+    fonts = site["checker"].fonts_of(path, "main h1")
+    cjk = [f for f in fonts if CJK_FONT.search(f.get("familyName", "")) and f.get("glyphCount", 0) > 0]
+    assert cjk, f"{path}: the Chinese title is drawn without a CJK font: {fonts}"
+
+
+def test_chinese_search_finds_a_chapter_by_a_chinese_word(site):
+    """Sphinx segments Chinese with jieba: a two-character word of a title finds its chapter."""
+    path = "zh/notebooks/02_1_attention.html"
+    h1 = site["reports"][path].h1
+    assert "注意力" in h1, f"{path}: expected the Chinese title to name 注意力 (attention), got {h1!r}"
+    results = site["checker"].search("注意力", search_page="zh/search.html")
+    found = [r.split("#")[0].split("?")[0] for r in results]
+    assert path in found, f"searching 注意力 on the Chinese site did not find {path}; results: {results[:10]}"

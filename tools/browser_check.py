@@ -222,8 +222,8 @@ def redirect_target(html: str) -> str | None:
 
 
 def chapter_pages(pages: list[str]) -> list[str]:
-    """Pages that are chapters or book pages (screenshots are taken of these)."""
-    return [p for p in pages if p.split("/")[0] in {"book", "notebooks"}]
+    """Pages that are chapters or book pages, in either edition (screenshots are taken of these)."""
+    return [p for p in pages if p.removeprefix("zh/").split("/")[0] in {"book", "notebooks"}]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -388,14 +388,43 @@ class SiteChecker:
         finally:
             context.close()
 
-    def search(self, term: str) -> list[str]:
+    def follow_language_switch(self, path: str) -> str:
+        """Click the page's link to the other edition; return the site-relative path it leads to."""
+        page = self.context.new_page()
+        try:
+            page.goto(self.url(path), wait_until="load")
+            page.click("a.language-switch")
+            page.wait_for_load_state("load")
+            url = page.url
+        finally:
+            page.close()
+        return url[len(self.base):] if url.startswith(self.base) else url
+
+    def fonts_of(self, path: str, selector: str) -> list[dict]:
+        """The fonts Chromium used to draw the text of ``selector`` on ``path`` (family, glyphs)."""
+        page = self.context.new_page()
+        try:
+            page.goto(self.url(path), wait_until="load")
+            cdp = self.context.new_cdp_session(page)
+            cdp.send("DOM.enable")
+            cdp.send("CSS.enable")
+            root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+            node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+            if not node:
+                raise LookupError(f"{path}: nothing matches {selector!r}")
+            fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+        finally:
+            page.close()
+        return fonts
+
+    def search(self, term: str, search_page: str = "search.html") -> list[str]:
         """Run the site's own search page for ``term``; return the result links (site-relative)."""
         page = self.context.new_page()
         try:
-            page.goto(self.url("search.html") + "?q=" + quote(term), wait_until="load")
+            page.goto(self.url(search_page) + "?q=" + quote(term), wait_until="load")
             page.wait_for_function(
                 "() => { const r = document.querySelector('#search-results');"
-                " return r && /Search finished|found|did not match/i.test(r.innerText); }",
+                " return r && /Search finished|found|did not match|搜索完成|找到|没有/i.test(r.innerText); }",
                 timeout=self.timeout_ms,
             )
             hrefs = page.eval_on_selector_all("#search-results ul.search li a", "els => els.map(a => a.href)")

@@ -169,6 +169,29 @@ def check_catalogs(catalogs: Path = CATALOGS, pot_dir: Path | None = None) -> li
     return problems
 
 
+# -- terminology ---------------------------------------------------------------------------------
+TERM_LINE = re.compile(r"^(\S[^(]*?) \((.+)\)\s*$")
+
+
+def glossary_terms() -> list[tuple[str, str]]:
+    """(English, Chinese) of every entry of the glossary, the single source of terminology."""
+    text = (ROOT / "book" / "glossary.md").read_text(encoding="utf-8")
+    body = text[text.index("```{glossary}") :]
+    return [(m.group(1).strip(), m.group(2).strip()) for m in map(TERM_LINE.match, body.splitlines()) if m]
+
+
+def write_terminology() -> Path:
+    """locales/zh_CN/terminology.tsv from the glossary (a test keeps the two equal)."""
+    target = LOCALES / LANGUAGE / "terminology.tsv"
+    lines = [
+        "# The terminology the Chinese edition follows: English term<TAB>Chinese term.",
+        "# Generated from book/glossary.md, the single source of terminology; translations use these.",
+        "# (The glossary's own definitions are translated in locales/zh_CN/LC_MESSAGES/book/glossary.po.)",
+    ]
+    target.write_text("\n".join(lines + [f"{e}\t{c}" for e, c in glossary_terms()]) + "\n", encoding="utf-8")
+    return target
+
+
 # -- translating by hand: messages as plain-text blocks -----------------------------------------
 BLOCK = re.compile(r"^=== (\d+)[^\n]*\n", re.MULTILINE)
 
@@ -237,6 +260,36 @@ def extract() -> None:
     )
     if result:
         raise SystemExit(f"extracting the messages failed: {result}")
+    write_figures_pot(POT_DIR / "figures.pot")
+    write_terminology()
+
+
+def figure_alt_texts() -> list[tuple[str, int, str]]:
+    """(notebook, cell number, alt text) of every figure made by a code cell."""
+    import json
+
+    found = []
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        for number, cell in enumerate(cells):
+            alt = cell.get("metadata", {}).get("mystnb", {}).get("image", {}).get("alt")
+            if alt:
+                found.append((f"notebooks/{notebook.name}", number, alt))
+    return found
+
+
+def write_figures_pot(target: Path) -> None:
+    """The catalog template ``figures``: the alt texts that the pages' prose does not contain
+    (translated in the Chinese build by ``tools/sphinx_translated_alt.py``)."""
+    from babel.messages.catalog import Catalog
+    from babel.messages.pofile import write_po
+
+    catalog = Catalog(project="figures", charset="utf-8")
+    for notebook, number, alt in figure_alt_texts():
+        catalog.add(alt, locations=[(f"../{notebook}", number)])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as f:
+        write_po(f, catalog, width=0)
 
 
 def update() -> None:
