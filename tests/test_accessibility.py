@@ -68,6 +68,23 @@ def bad_colormaps(code: str) -> list[str]:
     return [name for name in CMAP.findall(code) if name.lower() in BAD_COLORMAPS]
 
 
+def generic_alt_texts() -> list[str]:
+    """Notebook cells whose figure alt text is generated filler ("Figure for: <the section's
+    first words>") instead of a description of what the figure shows."""
+    bad = []
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for number, cell in enumerate(json.loads(notebook.read_text(encoding="utf-8"))["cells"]):
+            alt = cell.get("metadata", {}).get("mystnb", {}).get("image", {}).get("alt", "")
+            if re.match(r"\s*figure\s+for\b", alt, re.I) or 0 < len(alt.split()) < 5:
+                bad.append(f"{notebook.name} cell {number}: {alt[:60]!r}")
+    return bad
+
+
+def test_figure_alt_texts_describe_the_figure():
+    bad = generic_alt_texts()
+    assert not bad, "alt texts that do not describe their figure:\n" + "\n".join(bad)
+
+
 def test_every_image_in_the_sources_has_alt_text():
     failures = {name: bad for name, text in markdown_sources().items() if (bad := images_without_alt(text))}
     assert not failures, "images without alt text:\n" + "\n".join(f"{k}: {v}" for k, v in failures.items())

@@ -90,8 +90,9 @@ def prose_words(text: str) -> int:
 
 
 def is_display_math(msgid: str) -> bool:
-    """A math block's message (the source of a ``$$ ... $$`` block or a math directive)."""
-    return msgid.startswith("\n") and not CJK.search(msgid)
+    """A math block's message: the source of a ``$$ ... $$`` block or a math directive, which
+    starts with the space or line break after the opening ``$$`` (prose never starts so)."""
+    return msgid[:1].isspace() and not CJK.search(msgid)
 
 
 @dataclass
@@ -225,6 +226,10 @@ def load(po: Path, blocks: str) -> int:
         text = text.strip()
         if is_display_math(message.id):
             text = message.id
+        elif text:  # keep the message's own leading and trailing white space (a math block's)
+            stripped = message.id.strip()
+            start = message.id.index(stripped) if stripped else 0
+            text = message.id[:start] + text + message.id[start + len(stripped) :]
         if text:
             message.string = text
             message.flags.discard("fuzzy")
