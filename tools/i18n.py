@@ -262,6 +262,7 @@ def extract() -> None:
         doctreedir=str(ROOT / "_build" / ".doctrees-gettext"),
         builder="gettext",
         quiet=True,
+        freshenv=True,  # every page read again: some messages are collected as pages are read
     )
     if result:
         raise SystemExit(f"extracting the messages failed: {result}")
@@ -285,7 +286,7 @@ def figure_alt_texts() -> list[tuple[str, int, str]]:
 
 def write_figures_pot(target: Path) -> None:
     """The catalog template ``figures``: the alt texts that the pages' prose does not contain
-    (translated in the Chinese build by ``tools/sphinx_translated_alt.py``)."""
+    (translated in the Chinese build by ``tools/sphinx_i18n_extras.py``)."""
     from babel.messages.catalog import Catalog
     from babel.messages.pofile import write_po
 
