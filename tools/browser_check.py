@@ -211,8 +211,13 @@ def site_pages(root: Path) -> list[str]:
     return sorted(
         p.relative_to(root).as_posix()
         for p in root.rglob("*.html")
-        if p.relative_to(root).parts[0] not in ASSET_DIRS
+        if _edition_relative(p.relative_to(root).as_posix()).split("/")[0] not in ASSET_DIRS
     )
+
+
+def _edition_relative(path: str) -> str:
+    """A page's path inside its edition: ``zh/notebooks/x.html`` -> ``notebooks/x.html``."""
+    return path.removeprefix("zh/")
 
 
 def redirect_target(html: str) -> str | None:
@@ -223,7 +228,7 @@ def redirect_target(html: str) -> str | None:
 
 def chapter_pages(pages: list[str]) -> list[str]:
     """Pages that are chapters or book pages, in either edition (screenshots are taken of these)."""
-    return [p for p in pages if p.removeprefix("zh/").split("/")[0] in {"book", "notebooks"}]
+    return [p for p in pages if _edition_relative(p).split("/")[0] in {"book", "notebooks"}]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
