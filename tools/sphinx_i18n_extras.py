@@ -12,7 +12,10 @@
    its value. The notebook's renderer is remembered on the settings that both documents share,
    and a failed glue lookup is retried with it.
 
-3. **Alt text of figures.** A figure made by a code cell takes its alt text from the cell's metadata
+3. **The table of contents' part captions**, which sphinx-external-toc inserts after Sphinx has
+   translated the page.
+
+4. **Alt text of figures.** A figure made by a code cell takes its alt text from the cell's metadata
 (``mystnb: image: alt: ...``), not from the page's prose, so Sphinx's gettext translation does not
 see it. ``tools/i18n.py extract`` collects these texts into the catalog ``figures``; in a build
 whose ``language`` is not English this extension replaces each image's ``alt`` by its translation
@@ -126,6 +129,27 @@ def register_translated_exercises(app, doctree) -> None:
             entry["node"] = node.deepcopy()
 
 
+def translate_toctree_captions(app, doctree) -> None:
+    """The part captions of the table of contents (``caption:`` in _toc.yml): sphinx-external-toc
+    inserts its toctrees after Sphinx's translation has run, so they are translated here."""
+    language = app.config.language
+    if not language or language.startswith("en"):
+        return
+    from sphinx import addnodes
+    from sphinx.locale import init as init_locale
+    from sphinx.util.i18n import docname_to_domain
+
+    toctrees = [t for t in doctree.findall(addnodes.toctree) if t.get("caption")]
+    if not toctrees:
+        return
+    dirs = [path.join(app.srcdir, d) for d in app.config.locale_dirs]
+    domain = docname_to_domain(app.env.docname, app.config.gettext_compact)
+    catalog, has_catalog = init_locale(dirs, language, domain)
+    if has_catalog:
+        for toctree in toctrees:
+            toctree["caption"] = toctree["rawcaption"] = catalog.gettext(toctree["caption"])
+
+
 def forget_notebook_renderer(app, doctree) -> None:
     """Drop the remembered renderer once the page is read (the page's doctree is pickled)."""
     if hasattr(doctree.settings, "i18n_nb_renderer"):
@@ -168,5 +192,6 @@ def setup(app):
     app.connect("doctree-read", translate_alt)
     app.connect("doctree-read", collect_exercise_titles)
     app.connect("doctree-read", register_translated_exercises)
+    app.connect("doctree-read", translate_toctree_captions, priority=900)  # after sphinx-external-toc
     app.connect("doctree-read", forget_notebook_renderer)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

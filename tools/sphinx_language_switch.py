@@ -34,4 +34,5 @@ def add_switch(app, config) -> None:
 
 def setup(app):
     app.connect("config-inited", add_switch)
+    app.add_css_file("language-switch.css")  # book/_static (html_static_path)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
