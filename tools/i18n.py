@@ -303,6 +303,15 @@ def update() -> None:
     cmd = [sys.executable, "-m", "sphinx_intl", "update", "-p", str(POT_DIR)]
     cmd += ["-l", LANGUAGE, "-d", str(LOCALES), "-w", "0"]
     subprocess.run(cmd, check=True, cwd=ROOT)
+    from babel.messages.pofile import read_po, write_po
+
+    for po in CATALOGS.rglob("*.po"):  # messages the English no longer has are not kept
+        with po.open("rb") as f:
+            catalog = read_po(f)
+        if catalog.obsolete:
+            catalog.obsolete.clear()
+            with po.open("wb") as f:
+                write_po(f, catalog, width=0, ignore_obsolete=True)
 
 
 def build(warnings_are_errors: bool = True) -> int:
