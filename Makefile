@@ -1,6 +1,7 @@
 # The course's two commands. Each does ALL set-up on a fresh machine:
 #   make book   -> creates .venv, installs the course, builds the HTML book in _build/html
-#                  (English) and _build/html/zh (Chinese, from locales/zh_CN; tools/i18n.py)
+#                  (English) and _build/html/zh (Chinese, from locales/zh_CN; tools/i18n.py),
+#                  and a PDF of each (tools/build_pdf.py)
 #   make test   -> creates .venv, installs the course, runs every test (package + notebooks)
 #
 # torch: a CPU build by default (no CUDA wheels). With a GPU, pick another build, e.g.
@@ -58,11 +59,21 @@ _build/.companion-stamp: $(PY_SOURCES)
 # The Chinese edition reuses the English build's execution cache (each notebook runs once), and
 # fails, like the English one, on any warning; 'i18n.py check' then fails on any English message
 # without a faithful translation (extracted afresh from the sources).
+# The PDFs (one per language, tools/build_pdf.py) are printed by the system Chromium, the one the
+# browser test uses; without it the book is built and the PDFs are skipped, saying why.
+CHROMIUM := $(or $(COMPANION_CHROMIUM),$(shell command -v chromium || command -v chromium-browser))
+
 book: $(INSTALLED) $(OFFLINE) _build/.companion-stamp
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	$(BIN)/python tools/i18n.py build
 	$(BIN)/python tools/i18n.py extract
 	$(BIN)/python tools/i18n.py check
+ifneq ($(CHROMIUM),)
+	$(BIN)/python tools/build_pdf.py en
+	$(BIN)/python tools/build_pdf.py zh_CN
+else
+	@echo "PDFs skipped: no Chromium (apt-get install chromium fonts-wqy-microhei, or set COMPANION_CHROMIUM)"
+endif
 	$(BIN)/python tools/check_site.py _build/html
 
 test: $(INSTALLED)

@@ -12,10 +12,17 @@ gets the same setting from its kernel spec (the Makefile installs it).
 """
 
 import os as _os
+from importlib import metadata as _metadata
 
 _os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # read once, when torch loads its OpenMP runtime
 
 from companion.train import seed_everything  # noqa: E402
 
-__version__ = "0.1.0"
+# The version of the course (book and package). Its one source is `version` in pyproject.toml, which
+# reaches the installed metadata when the package is (re)installed: `make` does it when pyproject.toml
+# changes, or `pip install -e .`; tests/test_release.py checks that the two agree.
+try:
+    __version__ = _metadata.version("companion")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["seed_everything", "__version__"]

@@ -131,3 +131,14 @@ def test_only_chapter_parts_are_checked(tmp_path):
     )
     assert cs.toc_chapters(toc) == ["notebooks/01_a", "notebooks/01_b"]
     assert cs.toc_chapters(toc, all_parts=True) == ["book/setup", "notebooks/01_a", "notebooks/01_b", "book/glossary"]
+
+
+def test_the_changelog_is_not_checked_as_a_chapter_but_the_other_appendices_are(tmp_path):
+    toc = tmp_path / "_toc.yml"
+    toc.write_text(
+        "format: jb-book\nroot: book/preface\nparts:\n"
+        "  - caption: Appendices\n    chapters:\n      - file: notebooks/90_errata\n"
+        "      - file: book/changelog.md\n      - file: book/scale_out\n"
+    )
+    assert cs.toc_chapters(toc) == ["notebooks/90_errata", "book/scale_out"]
+    assert cs.toc_chapters(toc, all_parts=True) == ["notebooks/90_errata", "book/changelog.md", "book/scale_out"]

@@ -3,7 +3,9 @@
 Usage: python tools/check_structure.py [--toc _toc.yml] [--all-parts]
 
 A chapter is a file listed in ``_toc.yml`` (chapters and their sections) under a part whose
-caption is not "Getting started" or "Reference" (``--all-parts`` checks those too). Each must have
+caption is not "Getting started" or "Reference", other than the few pages that are not chapters
+(``NOT_CHAPTERS``: the changelog, an appendix of release notes); ``--all-parts`` checks those
+too. Each must have
 
 * near the top, before the first content heading: **learning objectives**, **prerequisites**,
   and a **sources** line naming the source-article sections it covers (``000``-``004``, e.g.
@@ -29,6 +31,7 @@ from pathlib import Path
 import yaml
 
 SKIPPED_PARTS = {"getting started", "reference"}
+NOT_CHAPTERS = {"book/changelog"}  # toc entries (without extension) in chapter parts that teach nothing
 FRONT = ("learning objectives", "prerequisites", "sources")
 BACK = ("summary", "exercises", "references")
 ARTICLE = re.compile(r"`?\b00[0-4]\b`?")
@@ -172,6 +175,8 @@ def toc_chapters(toc_path: Path, all_parts: bool = False) -> list[str]:
         if all_parts or str(part.get("caption", "")).strip().lower() not in SKIPPED_PARTS:
             chapters += files(part.get("chapters"))
     chapters += files(toc.get("chapters"))  # a toc without parts
+    if not all_parts:
+        chapters = [c for c in chapters if re.sub(r"\.(md|ipynb)$", "", c) not in NOT_CHAPTERS]
     return chapters
 
 

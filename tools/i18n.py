@@ -314,11 +314,9 @@ def update() -> None:
                 write_po(f, catalog, width=0, ignore_obsolete=True)
 
 
-def build(warnings_are_errors: bool = True) -> int:
-    """Build the Chinese site into _build/html/zh with the English build's execution cache."""
-    from jupyter_book.sphinx import build_sphinx
-
-    overrides = {
+def build_overrides() -> dict:
+    """The Sphinx configuration of the Chinese edition (shared by its site and its PDF)."""
+    return {
         "language": LANGUAGE,
         "locale_dirs": [str(LOCALES)],
         "gettext_compact": False,
@@ -329,14 +327,23 @@ def build(warnings_are_errors: bool = True) -> int:
         "html_title": "从第一性原理出发的生成模型",
         "html_search_language": "zh",
     }
+
+
+ZH_DOCTREES = ROOT / "_build" / ".doctrees-zh"
+
+
+def build(warnings_are_errors: bool = True) -> int:
+    """Build the Chinese site into _build/html/zh with the English build's execution cache."""
+    from jupyter_book.sphinx import build_sphinx
+
     sys.path.insert(0, str(ROOT / "tools"))
     return build_sphinx(
         str(ROOT),
         str(ZH_SITE),
         noconfig=True,
         path_config=str(ROOT / "_config.yml"),
-        confoverrides=overrides,
-        doctreedir=str(ROOT / "_build" / ".doctrees-zh"),
+        confoverrides=build_overrides(),
+        doctreedir=str(ZH_DOCTREES),
         builder="html",
         warningiserror=warnings_are_errors,
         keep_going=True,

@@ -15,6 +15,7 @@ Enable in ``_config.yml``::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 TEMPLATES = str(Path(__file__).resolve().parents[1] / "book" / "_templates")
@@ -29,6 +30,12 @@ def add_switch(app, config) -> None:
     end = [end] if isinstance(end, str) else list(end)
     if TEMPLATE not in end:
         options["article_header_end"] = [TEMPLATE, *end]
+    # The footer (_config.yml's html.extra_footer: the version and the changelog link) is raw HTML
+    # that gettext does not see; the Chinese edition says the same in Chinese.
+    footer = options.get("extra_footer")
+    if footer and (config.language or "").startswith("zh"):
+        footer = re.sub(r"Version\s+(\S+)", r"版本 \1", footer)
+        options["extra_footer"] = re.sub(r"changelog\s+and\s+errata", "更新日志与勘误", footer)
     config.html_theme_options = options
 
 
