@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,9 @@ EDITIONS = {"en": ("", "generative-models-from-first-principles.pdf"),
 
 
 def _squash(text: str) -> str:
-    """Text without white space (a PDF breaks lines and words where the HTML has none)."""
-    return re.sub(r"\s+", "", text)
+    """Text without white space (a PDF breaks lines and words where the HTML has none), with
+    ligatures spelled out (the PDF's "ﬁ" is "fi")."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
 
 
 @pytest.fixture(scope="module", params=list(EDITIONS))
@@ -94,8 +96,9 @@ def test_the_pdf_has_every_chapter(edition):
 
 def test_the_outline_lists_every_chapter(edition):
     titles = _chapter_titles(edition["prefix"])
-    outline = {_squash(t) for t in edition["outline"]}
-    missing = [t for t in titles.values() if _squash(t) not in outline]
+    # Chromium names each bookmark after its heading's text, sometimes twice over
+    outline = [_squash(t) for t in edition["outline"]]
+    missing = [t for t in titles.values() if not any(_squash(t) in item for item in outline)]
     assert not missing, f"{edition['name']}: chapters missing from the PDF's outline (bookmarks): {missing}"
 
 

@@ -221,7 +221,7 @@ def load(po: Path, blocks: str) -> int:
     messages = [m for m in catalog if m.id]
     parts = BLOCK.split(blocks)
     count = 0
-    for index, text in zip(parts[1::2], parts[2::2]):
+    for index, text in zip(parts[1::2], parts[2::2], strict=True):
         message = messages[int(index)]
         text = text.strip()
         if is_display_math(message.id):
