@@ -3,8 +3,9 @@
 1. **Exercise titles.** sphinx-exercise builds the subtitle of ``:::{exercise} Title`` without a
    source, and Sphinx only extracts (and translates) text nodes that have one. The directive is
    wrapped to give the subtitle its source, line and raw text, so the title is translated; and
-   when the gettext builder runs, the title is added to the page's catalog as it is read (sphinx-exercise's post-transforms later rebuild the title
-   from copies without a source, which the builder would skip). The solutions' titles, written
+   when the gettext builder runs, the title is added to the page's catalog as it is read
+   (sphinx-exercise's post-transforms later rebuild the title from copies without a source,
+   which the builder would skip). The solutions' titles, written
    from sphinx-exercise's copy of each exercise, get the translated copy.
 
 2. **Glued values inside translated text.** A translated paragraph is parsed as a small document
