@@ -181,7 +181,12 @@ def internal_link_problems(site: Path) -> list[str]:
     from urllib.parse import unquote
 
     skip = {"_static", "_sources", "mathjax", "widgets"}
-    pages = [p for p in site.rglob("*.html") if p.relative_to(site).parts[0] not in skip]
+
+    def edition_folder(page: Path) -> str:  # the Chinese edition's assets are under zh/
+        parts = page.relative_to(site).parts
+        return parts[1] if parts[0] == "zh" and len(parts) > 1 else parts[0]
+
+    pages = [p for p in site.rglob("*.html") if edition_folder(p) not in skip]
     ids: dict[Path, set[str]] = {}
 
     def anchors(path: Path) -> set[str]:
