@@ -9,14 +9,14 @@ The page count and size of each PDF are printed (``pytest -s``) and attached to 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
+
+from tests.tools_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get("COMPANION_SITE", ROOT / "_build" / "html"))
@@ -26,15 +26,7 @@ REQUESTED = REQUIRE or "COMPANION_SITE" in os.environ
 pytestmark = pytest.mark.slow  # reads two PDFs of several hundred pages
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-i18n = _load("i18n")
+i18n = load_tool("i18n")
 EDITIONS = {"en": ("", "generative-models-from-first-principles.pdf"),
             "zh_CN": ("zh/", "generative-models-from-first-principles-zh.pdf")}
 

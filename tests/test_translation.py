@@ -8,25 +8,17 @@ checked by ``make book`` (``tools/i18n.py extract`` then ``check``), which needs
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.tools_loader import load_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-i18n = _load("i18n")
+i18n = load_tool("i18n")
 pytest.importorskip("babel")
 
 
