@@ -6,10 +6,11 @@
 
 Each row trains ``python -m companion train dcgan`` with one change (``TRICKS``): spectral
 normalisation of every discriminator layer, a SAGAN self-attention block in both networks,
-the WGAN-GP loss (gradient penalty, 5 critic steps per generator step, its optimiser settings)
-and DiffAugment (translation and cut-out). All rows use the same number of generator steps
-(``--steps``, default 3,000: half the command-line default, so that the table fits in an hour of
-one CPU thread per run) and the same seed, and are scored like ``mnist_targets.py``: 1,000
+the WGAN-GP loss (gradient penalty, 5 critic steps per generator step, its optimiser settings),
+DiffAugment (translation and cut-out) and an InfoGAN code (``companion.infogan``: a latent space
+in ten disconnected pieces, meant for samples that fall between two digits). All rows use the same
+number of generator steps (``--steps``, default 3,000: half the command-line default, so that
+the table fits in an hour of one CPU thread per run) and the same seed, and are scored like ``mnist_targets.py``: 1,000
 samples against the 1,000 fixed test images (feature FID, classifier IS, class coverage, the
 shares of the rarest and commonest digit), with the wall-clock training time.
 
@@ -43,6 +44,8 @@ TRICKS: dict[str, tuple[str, dict]] = {  # name -> (what it changes, config over
                 {"loss": "wgan-gp", "n_critic": 5, "beta1": 0.5, "beta2": 0.9}),
     "diffaugment": ("DiffAugment: translation and cut-out of real and fake images before D",
                     {"diffaugment": "translation,cutout"}),
+    "infogan": ("InfoGAN: a 10-way categorical code beside z, read back from the image by a head on D",
+                {"info_codes": 10}),
 }
 
 

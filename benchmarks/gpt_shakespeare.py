@@ -35,6 +35,25 @@ TARGET = 1.55
 REFERENCE = {"nanoGPT 4L/4H/128d, ctx 64, batch 12": {"1 min 46 s": 1.89, "7 min 50 s": 1.59}}
 
 
+def _parse_value(parser: argparse.ArgumentParser, key: str, value: str, current):
+    """``value`` as the type of the field's current value (bool from true/false: bool("False") is True)."""
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            parser.error(f"--set {key}= expects true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    if current is None:  # an optional number such as top_k
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        parser.error(f"--set {key}= expects a number, got {value!r}")
+    try:
+        return type(current)(value)
+    except ValueError:
+        parser.error(f"--set {key}= expects a {type(current).__name__}, got {value!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0, help="training time budget (default 8)")
@@ -52,7 +71,7 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep or key not in cfg.to_dict():
             parser.error(f"--set expects KEY=VALUE with KEY a field of the config, got {item!r}")
-        cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(value)})
+        cfg = dataclasses.replace(cfg, **{key: _parse_value(parser, key, value, getattr(cfg, key))})
     recipe.load_data(cfg)  # read and tokenise before the clock starts
     model = recipe.build_model(cfg)
     load_before = os.getloadavg()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from companion.infogan import sample_codes
 from companion.layers import mlp
 
 __all__ = [
@@ -70,22 +71,30 @@ class _ConditionalGenerator(nn.Module):
 
 
 class _ProjectionHead(nn.Module):
-    r"""logit = w . phi(x) + b (+ <e_y, phi(x)> if conditional): the projection discriminator."""
+    r"""logit = w . phi(x) + b (+ <e_y, phi(x)> if conditional): the projection discriminator.
 
-    def __init__(self, features: int, n_classes: int):
+    With ``n_codes`` > 0 it also holds InfoGAN's Q: ``code_logits(phi) = W_Q phi + b_Q``, (B, n_codes).
+    """
+
+    def __init__(self, features: int, n_classes: int, n_codes: int = 0):
         super().__init__()
-        self.n_classes = n_classes
+        self.n_classes, self.n_codes = n_classes, n_codes
         self.linear = nn.Linear(features, 1)
         self.embed = nn.Embedding(n_classes, features) if n_classes else None
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, std=0.02)
+        self.q = nn.Linear(features, n_codes) if n_codes else None
 
-    def forward(self, h: Tensor, y: Tensor | None, who: str) -> Tensor:
+    def forward(self, h: Tensor, y: Tensor | None, who: str, codes: bool = False):
         _check_labels(y, self.n_classes, h.shape[0], who)
         out = self.linear(h).squeeze(-1)
         if self.embed is not None:
             out = out + (self.embed(y.long()) * h).sum(-1)
-        return out
+        if not codes:
+            return out
+        if self.q is None:
+            raise ValueError(f"{who} has no code head (n_codes=0): build it with n_codes > 0 for codes=True")
+        return out, self.q(h)
 
 
 class ToyGenerator(_ConditionalGenerator):
@@ -104,17 +113,17 @@ class ToyGenerator(_ConditionalGenerator):
 class ToyDiscriminator(nn.Module):
     """MLP discriminator (or critic): x (B, in_dim) [, y (B,)] -> logits (B,)."""
 
-    def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3, n_classes: int = 0):
+    def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3, n_classes: int = 0, n_codes: int = 0):
         super().__init__()
-        self.in_dim, self.n_classes = in_dim, n_classes
+        self.in_dim, self.n_classes, self.n_codes = in_dim, n_classes, n_codes
         self.features = nn.Sequential(mlp([in_dim] + [hidden] * depth, "leaky_relu"), nn.LeakyReLU(0.2))
-        self.head = _ProjectionHead(hidden, n_classes)
+        self.head = _ProjectionHead(hidden, n_classes, n_codes)
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, in_dim), y: (B,) labels if conditional -> logits: (B,)."""
+    def forward(self, x: Tensor, y: Tensor | None = None, codes: bool = False):
+        """x: (B, in_dim), y: (B,) labels if conditional -> logits: (B,) [, code logits (B, n_codes) if ``codes``]."""
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
-        return self.head(self.features(x), y, type(self).__name__)
+        return self.head(self.features(x), y, type(self).__name__, codes)
 
 
 def _check_image(x: Tensor, who: str) -> None:
@@ -138,16 +147,16 @@ class MLPGenerator(_ConditionalGenerator):
 class MLPDiscriminator(nn.Module):
     """MLP discriminator for 28 x 28 images: (B, 1, 28, 28) [, y] -> logits (B,)."""
 
-    def __init__(self, hidden: int = 256, n_classes: int = 0):
+    def __init__(self, hidden: int = 256, n_classes: int = 0, n_codes: int = 0):
         super().__init__()
-        self.n_classes = n_classes
+        self.n_classes, self.n_codes = n_classes, n_codes
         self.features = nn.Sequential(nn.Flatten(), mlp([784, 2 * hidden, hidden], "leaky_relu"), nn.LeakyReLU(0.2))
-        self.head = _ProjectionHead(hidden, n_classes)
+        self.head = _ProjectionHead(hidden, n_classes, n_codes)
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, 1, 28, 28), y: (B,) labels if conditional -> logits: (B,)."""
+    def forward(self, x: Tensor, y: Tensor | None = None, codes: bool = False):
+        """x: (B, 1, 28, 28), y: (B,) labels if conditional -> logits: (B,) [, code logits (B, n_codes)]."""
         _check_image(x, type(self).__name__)
-        return self.head(self.features(x), y, type(self).__name__)
+        return self.head(self.features(x), y, type(self).__name__, codes)
 
 
 class SelfAttention2d(nn.Module):
@@ -220,9 +229,9 @@ class DCGANDiscriminator(nn.Module):
     that gradient penalties stay per-example).
     """
 
-    def __init__(self, base: int = 16, n_classes: int = 0, self_attention: bool = False):
+    def __init__(self, base: int = 16, n_classes: int = 0, self_attention: bool = False, n_codes: int = 0):
         super().__init__()
-        self.n_classes = n_classes
+        self.n_classes, self.n_codes = n_classes, n_codes
         self.features = nn.Sequential(
             nn.Conv2d(1, base, 4, 2, 1), nn.LeakyReLU(0.2),
             SelfAttention2d(base) if self_attention else nn.Identity(),
@@ -230,29 +239,48 @@ class DCGANDiscriminator(nn.Module):
             nn.Conv2d(2 * base, 4 * base, 3, 2, 1), nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
-        self.head = _ProjectionHead(4 * base * 16, n_classes)
+        self.head = _ProjectionHead(4 * base * 16, n_classes, n_codes)
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, 1, 28, 28), y: (B,) labels if conditional -> logits: (B,)."""
+    def forward(self, x: Tensor, y: Tensor | None = None, codes: bool = False):
+        """x: (B, 1, 28, 28), y: (B,) labels if conditional -> logits: (B,) [, code logits (B, n_codes)]."""
         _check_image(x, type(self).__name__)
-        return self.head(self.features(x), y, type(self).__name__)
+        return self.head(self.features(x), y, type(self).__name__, codes)
 
 
 class GAN(nn.Module):
-    """A generator and a discriminator in one module (one ``state_dict`` to cache)."""
+    """A generator and a discriminator in one module (one ``state_dict`` to cache).
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module):
+    With ``n_codes`` = K > 0 it is an InfoGAN (:mod:`companion.infogan`): the generator's input
+    is z = (z', onehot(c)), z' ~ N(0, I) of ``latent_dim`` = its input size minus K and
+    c ~ Cat(1/K, ..., 1/K) drawn by :meth:`sample_latent`; the discriminator needs the same ``n_codes``.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, n_codes: int = 0):
         super().__init__()
+        if getattr(discriminator, "n_codes", 0) != n_codes or n_codes >= generator.latent_dim:
+            raise ValueError(f"n_codes={n_codes} needs a discriminator built with n_codes={n_codes} (got "
+                             f"{getattr(discriminator, 'n_codes', 0)}) and a generator input larger than it "
+                             f"(got {generator.latent_dim})")
         self.generator = generator
         self.discriminator = discriminator
-        self.latent_dim: int = generator.latent_dim
+        self.n_codes = n_codes
+        self.latent_dim: int = generator.latent_dim - n_codes
         self.n_classes: int = getattr(generator, "n_classes", 0)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """The generator's input z (n, latent_dim + n_codes): N(0, I), then a one-hot code if ``n_codes``;
+        and the codes (n,) (None without codes)."""
+        z = torch.randn(n, self.latent_dim, generator=generator)
+        if not self.n_codes:
+            return z, None
+        onehot, c = sample_codes(n, self.n_codes, generator)
+        return torch.cat([z, onehot], dim=1), c
 
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw n samples G(z), z ~ N(0, I), in eval mode (conditional: ``labels`` (n,), default k mod K)."""
+        """Draw n samples G(z), z ~ the latent prior, in eval mode (conditional: ``labels`` (n,), default k mod K)."""
         device = next(self.generator.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        z = self.sample_latent(n, generator)[0].to(device)
         if self.n_classes and labels is None:
             labels = torch.arange(n, device=device) % self.n_classes
         was_training = self.generator.training

@@ -27,18 +27,19 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from companion.env import env_flag
 
 __all__ = ["seed_everything", "minibatches", "History", "train_loop", "cosine_decay", "linear_warmup",
-           "warmup_cosine_lr", "warmup_schedule", "WeightAverage", "cache_dir", "train_or_load"]
+           "warmup_cosine_lr", "warmup_schedule", "WeightAverage", "recalibrate_batch_norm", "cache_dir",
+           "train_or_load"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -221,6 +222,32 @@ class WeightAverage:
         """Overwrite the parameters with their average."""
         for p, e in zip(self.params, self.average, strict=True):
             p.copy_(e)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(net: nn.Module, draw_inputs: Callable[[], Sequence[Tensor]], n_batches: int = 50) -> None:
+    """Re-estimate the running statistics of ``net``'s batch-norm layers for its current weights.
+
+    After a moving average of the weights (:class:`WeightAverage`) replaces them, the running means and
+    variances still describe the activations of the last *live* weights, and eval-mode outputs would
+    be normalised with the wrong statistics. ``n_batches`` forward passes ``net(*draw_inputs())`` in
+    train mode, averaged with equal weights (``momentum=None``), give the statistics of the averaged
+    network (for a GAN's generator, ``draw_inputs`` draws a batch of noise, and labels if conditional).
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = net.training
+    net.train()
+    for _ in range(n_batches):
+        net(*draw_inputs())
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.train(was_training)
 
 
 def cache_dir() -> Path:

@@ -591,7 +591,8 @@ def test_batch_norm_recalibration_gives_the_statistics_of_the_current_weights():
         g.project[1].running_mean.fill_(5.0)
         g.project[1].running_var.fill_(9.0)
     momentum = g.project[1].momentum
-    recipe.recalibrate_batch_norm(g, 64, torch.Generator().manual_seed(1), n_batches=20)
+    noise = torch.Generator().manual_seed(1)
+    recipe.recalibrate_batch_norm(g, lambda: [torch.randn(64, 8, generator=noise)], n_batches=20)
     with torch.no_grad():
         pre = g.project[0](torch.randn(4096, 8))
     torch.testing.assert_close(g.project[1].running_mean, pre.mean(0), atol=0.05, rtol=0)

@@ -375,3 +375,25 @@ def test_check_kv_cache_floats():
 
     assert check_kv_cache_floats(2 * 4 * 64 * 128, n_layer=4, n_ctx=64, n_embd=128)
     assert not check_kv_cache_floats(4 * 64 * 128, n_layer=4, n_ctx=64, n_embd=128)
+
+
+def test_the_command_line_the_gpt_chapter_shows_trains_the_benchmark_configuration():
+    """03_2 shows the benchmark run as a ``python -m companion train gpt ...`` command: it must be the same run."""
+    import dataclasses
+    import json
+    import shlex
+    from pathlib import Path
+
+    from companion.cli import build_parser
+    from companion.recipes import gpt as recipe
+    from companion.runs import make_config
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "03_2_gpt.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    start = text.index("python -m companion train gpt")
+    command = text[start:text.index("\n", text.index("--out", start))].replace("\\\n", " ")
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    shown = make_config("gpt", {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")})
+    bench = recipe.benchmark_config()
+    # the command stops on the time budget; max_steps is only an upper bound that is never reached
+    assert dataclasses.replace(shown, max_steps=bench.max_steps) == bench

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "bert": 1,
     "gan": 1,
     "gan_networks": 1,
+    "infogan": 1,
     "diffaugment": 1,
     "vae": 1,
     "vqvae": 1,

@@ -24,6 +24,7 @@ updates; the Wasserstein losses take ``n_critic`` (default 5) critic steps per g
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -33,8 +34,9 @@ from companion import distributed
 from companion import gan as G
 from companion import gan_networks as N
 from companion.diffaugment import diff_augment, parse_diff_augment_policy
+from companion.infogan import info_loss
 from companion.toy2d import mode_coverage, ring_centers, sample_ring
-from companion.train import History, WeightAverage, train_loop
+from companion.train import History, WeightAverage, recalibrate_batch_norm, train_loop
 
 __all__ = ["Config", "DEFAULTS", "LOSSES", "resolve", "build_model", "train", "recalibrate_batch_norm", "evaluate",
            "sample", "snapshot_callback", "snapshots", "config_dict", "VARIANTS", "compare_variants"]
@@ -82,6 +84,10 @@ class Config:
         g_ema: decay of an exponential moving average of the generator's weights, updated after every
             generator step, that replaces them at the end of training (0 = off) (default 0 ring, MNIST
             see ``DEFAULTS``).
+        info_codes: K > 0 makes an InfoGAN (:mod:`companion.infogan`, unconditional runs only): G reads
+            a uniform categorical code c beside z, and a head Q on D's features learns to read c back
+            from G(z, c); 0 = off.
+        info_weight: lambda, the weight of the InfoGAN loss -E log Q(c | G(z, c)) in D's and G's losses.
     """
 
     data: str = "ring"
@@ -108,6 +114,8 @@ class Config:
     seed: int = 0
     diffaugment: str = ""
     g_ema: float | None = None
+    info_codes: int = 0
+    info_weight: float = 1.0
 
     def __post_init__(self):
         if self.data not in DATA:
@@ -132,6 +140,11 @@ class Config:
         parse_diff_augment_policy(self.diffaugment)  # ValueError naming a bad policy
         if self.diffaugment and self.data != "mnist":
             raise ValueError(f"diffaugment needs data='mnist' (image augmentations); got data={self.data!r}")
+        if self.info_codes < 0 or self.info_weight < 0:
+            raise ValueError(f"info_codes and info_weight must be >= 0, got {self.info_codes} and {self.info_weight}")
+        if self.info_codes and self.conditional:
+            raise ValueError("info_codes is for unconditional GANs (the code stands in for the label they lack); "
+                             "got conditional=True")
         if self.n_eval < 1 or self.n_modes < 1:
             raise ValueError(f"n_eval and n_modes must be >= 1, got {self.n_eval} and {self.n_modes}")
 
@@ -155,22 +168,23 @@ def build_model(cfg: Config) -> N.GAN:
     """A :class:`companion.gan_networks.GAN` (generator + discriminator) for ``cfg``, initialised from ``cfg.seed``."""
     cfg = resolve(cfg)
     torch.manual_seed(cfg.seed)
+    c, z_in = cfg.info_codes, cfg.latent_dim + cfg.info_codes  # an InfoGAN's G reads (z, onehot(code))
     if cfg.data == "ring":
         k = cfg.n_modes if cfg.conditional else 0
-        gen = N.ToyGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
-        disc = N.ToyDiscriminator(2, cfg.hidden, n_classes=k)
+        gen = N.ToyGenerator(z_in, cfg.hidden, n_classes=k)
+        disc = N.ToyDiscriminator(2, cfg.hidden, n_classes=k, n_codes=c)
     else:
         k = 10 if cfg.conditional else 0
         if cfg.arch == "mlp":
-            gen = N.MLPGenerator(cfg.latent_dim, cfg.hidden, n_classes=k)
-            disc = N.MLPDiscriminator(cfg.hidden, n_classes=k)
+            gen = N.MLPGenerator(z_in, cfg.hidden, n_classes=k)
+            disc = N.MLPDiscriminator(cfg.hidden, n_classes=k, n_codes=c)
         else:
             base = max(4, cfg.hidden // 16)
-            gen = N.DCGANGenerator(cfg.latent_dim, base, n_classes=k, self_attention=cfg.self_attention)
-            disc = N.DCGANDiscriminator(base, n_classes=k, self_attention=cfg.self_attention)
+            gen = N.DCGANGenerator(z_in, base, n_classes=k, self_attention=cfg.self_attention)
+            disc = N.DCGANDiscriminator(base, n_classes=k, self_attention=cfg.self_attention, n_codes=c)
     if cfg.spectral_norm:
         G.apply_spectral_norm(disc)
-    return N.GAN(gen, disc)
+    return N.GAN(gen, disc, n_codes=c)
 
 
 def _real_batches(cfg: Config, gen: torch.Generator):
@@ -198,17 +212,26 @@ def _augment(cfg: Config, x: Tensor, gen: torch.Generator) -> Tensor:
     return diff_augment(x, cfg.diffaugment, gen, fill=-1.0) if cfg.diffaugment else x
 
 
+def _fake_scores(cfg: Config, D, fake: Tensor, y_fake: Tensor | None, codes: Tensor | None):
+    """D's scores on generated images, and for an InfoGAN the loss -E log Q(c | fake) (else 0)."""
+    if codes is None:
+        return (D(fake, y_fake) if y_fake is not None else D(fake)), 0.0
+    scores, code_logits = D(fake, codes=True)
+    return scores, cfg.info_weight * info_loss(code_logits, codes)
+
+
 def _d_loss(cfg: Config, model: N.GAN, x: Tensor, y: Tensor | None, fake: Tensor, y_fake: Tensor | None,
-            gen: torch.Generator, D=None) -> tuple[Tensor, Tensor]:
+            gen: torch.Generator, D=None, codes: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Discriminator loss for one batch; returns (loss, D's detached scores on the real batch).
 
     ``D`` is the discriminator to call (default ``model.discriminator``; under torchrun its DDP wrapper).
+    ``codes``: an InfoGAN's codes of ``fake``; their loss trains the head Q with D.
     """
     D = model.discriminator if D is None else D
     cond = y is not None
     x, fake = _augment(cfg, x, gen), _augment(cfg, fake, gen)
     real_s = D(x, y) if cond else D(x)
-    fake_s = D(fake, y_fake) if cond else D(fake)
+    fake_s, info = _fake_scores(cfg, D, fake, y_fake, codes)
     if cfg.loss in ("ns", "minimax", "dragan"):
         loss = G.discriminator_loss(real_s, fake_s)
     elif cfg.loss in ("wgan", "wgan-gp"):
@@ -222,7 +245,7 @@ def _d_loss(cfg: Config, model: N.GAN, x: Tensor, y: Tensor | None, fake: Tensor
         loss = loss + cfg.gp_weight * G.gradient_penalty(critic, x, fake, generator=gen)
     elif cfg.loss == "dragan":
         loss = loss + cfg.gp_weight * G.dragan_penalty(critic, x, generator=gen)
-    return loss, real_s.detach()
+    return loss + info, real_s.detach()
 
 
 def _g_loss(cfg: Config, real_s: Tensor, fake_s: Tensor) -> Tensor:
@@ -261,69 +284,46 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
     # under torchrun: DDP wrappers that average the gradients over the ranks (on one process: D and Gn)
     D_net, G_net = distributed.data_parallel(D), distributed.data_parallel(Gn)
 
-    def fake_batch(n: int) -> tuple[Tensor, Tensor | None]:
-        z = torch.randn(n, cfg.latent_dim, generator=gen)
-        y = torch.randint(0, n_classes, (n,), generator=gen) if n_classes else None
-        return (G_net(z, y) if n_classes else G_net(z)), y
+    def fake_inputs(n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        z, codes = model.sample_latent(n, gen)  # z ~ N(0, I) (and an InfoGAN's one-hot codes)
+        return z, (torch.randint(0, n_classes, (n,), generator=gen) if n_classes else None), codes
+
+    def fake_batch(n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        z, y, codes = fake_inputs(n)
+        return (G_net(z, y) if n_classes else G_net(z)), y, codes
 
     def step(i: int) -> dict[str, Tensor]:
         for _ in range(cfg.n_critic):
             x, y = next(batches)
             with torch.no_grad():
-                fake, y_fake = fake_batch(x.shape[0])
-            d_loss, real_s = _d_loss(cfg, model, x, y, fake, y_fake, gen, D=D_net)
+                fake, y_fake, codes = fake_batch(x.shape[0])
+            d_loss, real_s = _d_loss(cfg, model, x, y, fake, y_fake, gen, D=D_net, codes=codes)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
             if cfg.loss == "wgan":
                 G.clip_weights_(D, cfg.clip_value)
-        fake, y_fake = fake_batch(cfg.batch_size)
+        fake, y_fake, codes = fake_batch(cfg.batch_size)
         fake = _augment(cfg, fake, gen)  # differentiable: G's gradient passes through the augmentation
-        fake_s = D_net(fake, y_fake) if n_classes else D_net(fake)
-        g_loss = _g_loss(cfg, real_s, fake_s)
+        fake_s, info = _fake_scores(cfg, D_net, fake, y_fake, codes)
+        g_loss = _g_loss(cfg, real_s, fake_s) + info
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         if ema is not None:
             ema.update(i)
-        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+        record = {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+        if codes is not None:  # the bound log K - lambda^-1 * info <= I(c; G(z, c)), in nats
+            record["info_bound"] = torch.tensor(math.log(cfg.info_codes)) - info.detach() / max(cfg.info_weight, 1e-12)
+        return record
 
     desc = f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
     history = train_loop(step, cfg.steps, desc=desc, progress=progress and distributed.is_main(), callback=callback)
     if ema is not None and cfg.steps > 0:
         ema.copy_to_params()
-        recalibrate_batch_norm(Gn, cfg.batch_size, gen)
+        recalibrate_batch_norm(Gn, lambda: [t for t in fake_inputs(cfg.batch_size)[:2] if t is not None])
     model.eval()
     return history
-
-
-@torch.no_grad()
-def recalibrate_batch_norm(generator: torch.nn.Module, batch_size: int, gen: torch.Generator,
-                           n_batches: int = 50) -> None:
-    """Re-estimate the running statistics of the generator's batch-norm layers for its current weights.
-
-    After the moving average of G's weights replaces them, the running means and variances still
-    describe the activations of the last *live* weights, and eval-mode samples would be normalised
-    with the wrong statistics. ``n_batches`` batches of noise (and random labels for a conditional
-    G) in train mode, averaged with equal weights (``momentum=None``), give the statistics of the
-    averaged network.
-    """
-    norms = [m for m in generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = generator.training
-    generator.train()
-    k = getattr(generator, "n_classes", 0)
-    for _ in range(n_batches):
-        z = torch.randn(batch_size, generator.latent_dim, generator=gen)
-        generator(z, torch.randint(0, k, (batch_size,), generator=gen)) if k else generator(z)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    generator.train(was_training)
 
 
 def sample(cfg: Config, model: N.GAN, n: int, generator: torch.Generator | None = None,
