@@ -73,6 +73,8 @@ def test_infogan_bad_settings_are_named():
         recipe.Config(data="mnist", conditional=True, info_codes=10)
     with pytest.raises(ValueError, match="info_codes"):
         recipe.Config(info_codes=-1)
+    with pytest.raises(ValueError, match="info_weight must be > 0"):
+        recipe.Config(info_codes=8, info_weight=0.0)
     plain = recipe.build_model(recipe.Config(data="mnist", arch="mlp"))
     with pytest.raises(ValueError, match="no code head"):
         plain.discriminator(torch.zeros(2, 1, 28, 28), codes=True)

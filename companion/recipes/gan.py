@@ -142,6 +142,9 @@ class Config:
             raise ValueError(f"diffaugment needs data='mnist' (image augmentations); got data={self.data!r}")
         if self.info_codes < 0 or self.info_weight < 0:
             raise ValueError(f"info_codes and info_weight must be >= 0, got {self.info_codes} and {self.info_weight}")
+        if self.info_codes and not self.info_weight:
+            raise ValueError("info_weight must be > 0 with info_codes (with 0 nothing reads the code back, "
+                             "and G is free to ignore it)")
         if self.info_codes and self.conditional:
             raise ValueError("info_codes is for unconditional GANs (the code stands in for the label they lack); "
                              "got conditional=True")
