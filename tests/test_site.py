@@ -18,10 +18,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.tools_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get("COMPANION_SITE", ROOT / "_build" / "html"))
@@ -32,15 +33,7 @@ REQUESTED = REQUIRE or "COMPANION_SITE" in os.environ
 pytestmark = pytest.mark.slow  # starts a browser and a server
 
 
-def _load_browser_check():
-    spec = importlib.util.spec_from_file_location("browser_check", ROOT / "tools" / "browser_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["browser_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bc = _load_browser_check()
+bc = load_tool("browser_check")
 
 
 def _unavailable(reason: str):

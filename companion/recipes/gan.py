@@ -24,7 +24,6 @@ updates; the Wasserstein losses take ``n_critic`` (default 5) critic steps per g
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -34,7 +33,7 @@ from companion import distributed
 from companion import gan as G
 from companion import gan_networks as N
 from companion.diffaugment import diff_augment, parse_diff_augment_policy
-from companion.infogan import info_loss
+from companion.infogan import info_loss, mutual_information_bound
 from companion.toy2d import mode_coverage, ring_centers, sample_ring
 from companion.train import History, WeightAverage, recalibrate_batch_norm, train_loop
 
@@ -215,12 +214,16 @@ def _augment(cfg: Config, x: Tensor, gen: torch.Generator) -> Tensor:
     return diff_augment(x, cfg.diffaugment, gen, fill=-1.0) if cfg.diffaugment else x
 
 
-def _fake_scores(cfg: Config, D, fake: Tensor, y_fake: Tensor | None, codes: Tensor | None):
-    """D's scores on generated images, and for an InfoGAN the loss -E log Q(c | fake) (else 0)."""
+def _fake_scores(D, fake: Tensor, y_fake: Tensor | None, codes: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """D's scores on generated images, and for an InfoGAN (``codes`` given) Q's code logits (else None)."""
     if codes is None:
-        return (D(fake, y_fake) if y_fake is not None else D(fake)), 0.0
-    scores, code_logits = D(fake, codes=True)
-    return scores, cfg.info_weight * info_loss(code_logits, codes)
+        return (D(fake, y_fake) if y_fake is not None else D(fake)), None
+    return D(fake, codes=True)
+
+
+def _info_term(cfg: Config, code_logits: Tensor | None, codes: Tensor | None) -> Tensor | float:
+    """lambda * (-E log Q(c | G(z, c))), the InfoGAN term of both players' losses (0 without codes)."""
+    return 0.0 if codes is None else cfg.info_weight * info_loss(code_logits, codes)
 
 
 def _d_loss(cfg: Config, model: N.GAN, x: Tensor, y: Tensor | None, fake: Tensor, y_fake: Tensor | None,
@@ -234,7 +237,7 @@ def _d_loss(cfg: Config, model: N.GAN, x: Tensor, y: Tensor | None, fake: Tensor
     cond = y is not None
     x, fake = _augment(cfg, x, gen), _augment(cfg, fake, gen)
     real_s = D(x, y) if cond else D(x)
-    fake_s, info = _fake_scores(cfg, D, fake, y_fake, codes)
+    fake_s, code_logits = _fake_scores(D, fake, y_fake, codes)
     if cfg.loss in ("ns", "minimax", "dragan"):
         loss = G.discriminator_loss(real_s, fake_s)
     elif cfg.loss in ("wgan", "wgan-gp"):
@@ -248,7 +251,7 @@ def _d_loss(cfg: Config, model: N.GAN, x: Tensor, y: Tensor | None, fake: Tensor
         loss = loss + cfg.gp_weight * G.gradient_penalty(critic, x, fake, generator=gen)
     elif cfg.loss == "dragan":
         loss = loss + cfg.gp_weight * G.dragan_penalty(critic, x, generator=gen)
-    return loss + info, real_s.detach()
+    return loss + _info_term(cfg, code_logits, codes), real_s.detach()
 
 
 def _g_loss(cfg: Config, real_s: Tensor, fake_s: Tensor) -> Tensor:
@@ -308,16 +311,16 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
                 G.clip_weights_(D, cfg.clip_value)
         fake, y_fake, codes = fake_batch(cfg.batch_size)
         fake = _augment(cfg, fake, gen)  # differentiable: G's gradient passes through the augmentation
-        fake_s, info = _fake_scores(cfg, D_net, fake, y_fake, codes)
-        g_loss = _g_loss(cfg, real_s, fake_s) + info
+        fake_s, code_logits = _fake_scores(D_net, fake, y_fake, codes)
+        g_loss = _g_loss(cfg, real_s, fake_s) + _info_term(cfg, code_logits, codes)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         if ema is not None:
             ema.update(i)
         record = {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
-        if codes is not None:  # the bound log K - lambda^-1 * info <= I(c; G(z, c)), in nats
-            record["info_bound"] = torch.tensor(math.log(cfg.info_codes)) - info.detach() / max(cfg.info_weight, 1e-12)
+        if codes is not None:  # L_I = log K - CE <= I(c; G(z, c)), in nats
+            record["info_bound"] = mutual_information_bound(code_logits.detach(), codes)
         return record
 
     desc = f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
