@@ -1,6 +1,6 @@
 """Benchmark: a character-level GPT on tiny-shakespeare, trained for a fixed wall-clock time.
 
-Target: validation loss <= 1.55 nats/char after 8 minutes of training on 2 CPU cores. The
+Target: validation loss <= 1.50 nats/char after 8 minutes of training on 2 CPU cores. The
 reference, nanoGPT's ``train.py`` on the same machine with its small CPU configuration (4
 layers, 4 heads, 128-dim embeddings, context 64, batch 12, no dropout, same 90/10 split),
 reaches 1.89 after 1 min 46 s and 1.59 after 7 min 50 s.
@@ -31,7 +31,7 @@ from provenance import provenance
 
 from companion.recipes import gpt as recipe
 
-TARGET = 1.55
+TARGET = 1.50  # issue 13: <= 1.50 nats/char on the whole validation split in 8 minutes on 2 cores
 REFERENCE = {"nanoGPT 4L/4H/128d, ctx 64, batch 12": {"1 min 46 s": 1.89, "7 min 50 s": 1.59}}
 
 

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from companion.attention import causal_mask, scaled_dot_product_attention
 from companion.checks import verdict
+from companion.positional import rotary_embedding
 
 __all__ = [
     "GPTConfig",
@@ -83,6 +84,9 @@ class GPTConfig:
         bias: biases in the linear layers and LayerNorms.
         fast: use :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernel);
             ``False`` uses the explicit :func:`companion.attention.scaled_dot_product_attention`.
+        positions: ``"learned"`` adds a learned embedding :math:`P[t]` to the token embedding (GPT-2);
+            ``"rotary"`` adds nothing and rotates every head's queries and keys instead
+            (:func:`companion.positional.rotary_embedding`), so attention sees relative offsets only.
     """
 
     vocab_size: int = 65
@@ -93,6 +97,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     fast: bool = True
+    positions: str = "learned"
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -103,6 +108,11 @@ class GPTConfig:
             raise ValueError(f"n_embd = {self.n_embd} is not divisible by n_head = {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be 'learned' or 'rotary', got {self.positions!r}")
+        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size, got n_embd / n_head = "
+                             f"{self.n_embd // self.n_head}")
 
 
 class KVCache:
@@ -119,6 +129,11 @@ class KVCache:
     def __len__(self) -> int:
         first = self.layers[0]
         return 0 if first is None else first[0].shape[2]
+
+    def past_length(self, layer: int) -> int:
+        """Positions cached in layer ``layer`` (before this forward pass appends to it)."""
+        past = self.layers[layer]
+        return 0 if past is None else past[0].shape[2]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append ``k, v`` (B, H, T_new, d_k) to layer ``layer``; return all keys and values."""
@@ -140,6 +155,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head, self.d_k, self.fast = cfg.n_head, cfg.n_embd // cfg.n_head, cfg.fast
+        self.rotary = cfg.positions == "rotary"
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # W^Q, W^K, W^V side by side
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W^O
         self.dropout = cfg.dropout
@@ -151,6 +167,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.d_k).transpose(1, 2) for t in (q, k, v))  # (B, H, T, d_k)
+        if self.rotary:  # R_m q and R_n k at the absolute positions; the cache keeps rotated keys
+            t0 = cache.past_length(layer) if cache is not None else 0
+            pos = torch.arange(t0, t0 + T, device=x.device)
+            q, k = rotary_embedding(torch.cat([q, k], dim=1), pos).split(self.n_head, dim=1)  # one call for both
         if cache is not None:
             k, v = cache.update(layer, k, v)
         T_k = k.shape[2]
@@ -221,7 +241,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embedding E
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # learned position embedding P
+        # learned position embedding P (GPT-2), or none: rotary positions act inside attention
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -244,7 +265,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Number of parameters (without the position embedding when ``non_embedding``)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
     def _check_ids(self, idx: Tensor, name: str = "idx") -> None:
         if not isinstance(idx, Tensor) or idx.dtype not in (torch.int64, torch.int32):
@@ -280,8 +301,10 @@ class GPT(nn.Module):
         if t0 + T > self.config.block_size:
             raise ValueError(f"{t0 + T} positions ({t0} cached + {T} new) exceed the context length "
                              f"block_size = {self.config.block_size}; crop the input (generate() does)")
-        pos = torch.arange(t0, t0 + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(t0, t0 + T, device=idx.device))
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, need_weights)
         logits = self.lm_head(self.ln_f(x))

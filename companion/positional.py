@@ -43,6 +43,7 @@ __all__ = [
     "seed003_wrong_positional_encoding",
     "pe_frequencies",
     "pe_shift_matrix",
+    "rotary_embedding",
     "count_collisions",
     "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding",
@@ -134,6 +135,46 @@ def pe_shift_matrix(k: int | float, d_model: int, base: float = 10000.0, dtype: 
     if d_model % 2:
         m[-1, -1] = c[-1]  # sin(w(p+k)) is not a function of sin(wp) alone; documented above
     return m.to(dtype)
+
+
+def rotary_embedding(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    r"""Rotary position embedding (RoPE, 旋转位置编码) of :cite:`su2024roformer`: rotate each pair of coordinates.
+
+    The vector :math:`x \in \mathbb R^d` of the token at position :math:`m` (a query or a key of one head)
+    becomes :math:`R_m x`, where :math:`R_m` turns the pair :math:`(x_{2i}, x_{2i+1})` by the angle
+    :math:`m \omega_i`, :math:`\omega_i = base^{-2i/d}` (the frequencies of the sinusoidal encoding,
+    :func:`pe_frequencies`); in complex numbers, :math:`x_{2i} + \mathrm i\, x_{2i+1}` is multiplied by
+    :math:`e^{\mathrm i m \omega_i}`, and :math:`R_m = M_m^\top` for the shift matrix :math:`M_m` of
+    :func:`pe_shift_matrix`. Rotations compose, :math:`R_m^\top R_n = R_{n - m}`, so a query at :math:`m`
+    and a key at :math:`n` score
+
+    .. math::
+
+        \langle R_m q, R_n k \rangle = q^\top R_m^\top R_n k = \langle q, R_{n-m} k \rangle :
+
+    the attention logit sees only the offset :math:`n - m`, and the norms are unchanged. Nothing is
+    added to the token embeddings, and there is no parameter.
+
+    Args:
+        x: ``(..., T, d)`` with ``d`` even (e.g. ``(B, H, T, d_k)``).
+        positions: ``(T,)`` the positions of the ``T`` rows (integers or floats).
+        base: the frequency base.
+
+    Returns:
+        ``(..., T, d)``, the rotated vectors, in ``x``'s dtype.
+    """
+    if x.ndim < 2 or x.shape[-1] % 2:
+        raise ValueError(f"x must have shape (..., T, d) with d even, got {tuple(x.shape)}")
+    if positions.shape != (x.shape[-2],):
+        raise ValueError(f"positions must have shape (T,) = ({x.shape[-2]},), got {tuple(positions.shape)}")
+    d = x.shape[-1]
+    omega = base ** (-torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d)  # (d/2,)
+    angle = positions.to(device=x.device, dtype=torch.float32)[:, None] * omega[None, :]  # (T, d/2)
+    # the pair (x_2i, x_2i+1) as the complex number x_2i + i x_2i+1: turning it by m omega_i multiplies it by
+    # exp(i m omega_i) (one complex product instead of four real ones), in float32
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    turned = pairs * torch.polar(torch.ones_like(angle), angle)
+    return torch.view_as_real(turned).flatten(-2).to(x.dtype)
 
 
 def count_collisions(pe: Tensor, atol: float = 1e-6) -> int:

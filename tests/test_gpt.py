@@ -249,6 +249,36 @@ def test_config_rejects_indivisible_heads():
         GPTConfig(n_embd=10, n_head=4)
 
 
+def test_config_rejects_unknown_positions_and_odd_rotary_heads():
+    with pytest.raises(ValueError, match="positions must be 'learned' or 'rotary'"):
+        GPTConfig(positions="sinusoidal")
+    with pytest.raises(ValueError, match="even head size"):
+        GPTConfig(n_embd=12, n_head=4, positions="rotary")
+
+
+# ------------------------------------------------------------------ rotary positions
+
+
+def test_rotary_gpt_is_causal_and_its_two_attention_paths_and_its_cache_agree():
+    fast, slow = tiny_gpt(positions="rotary"), tiny_gpt(positions="rotary", fast=False)
+    assert fast.wpe is None and fast.num_params() == fast.num_params(non_embedding=False)  # no position table
+    x = torch.randint(V, (2, 12), generator=torch.Generator().manual_seed(3))
+    y = x.clone()
+    y[:, 6] = (y[:, 6] + 1) % V
+    with torch.no_grad():
+        full = fast(x)[0]
+        torch.testing.assert_close(slow(x)[0], full, rtol=1e-5, atol=1e-5)
+        assert (fast(y)[0] - full)[:, :6].abs().max() < 1e-5  # the past does not see the future
+        cache = KVCache(2)
+        parts = [fast(x[:, :5], cache=cache)[0], fast(x[:, 5:9], cache=cache)[0]]
+        parts += [fast(x[:, t : t + 1], cache=cache)[0] for t in range(9, 12)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    # generation past the context (12): the same tokens with and without the cache
+    cached, uncached = (fast.generate(x[:, :3], 20, generator=torch.Generator().manual_seed(0), use_cache=c)
+                        for c in (True, False))
+    assert torch.equal(cached, uncached)
+
+
 # ------------------------------------------------------------------- the recipe
 
 

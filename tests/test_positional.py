@@ -15,6 +15,7 @@ from companion.positional import (
     check_pe_shift_matrix,
     count_collisions,
     pe_shift_matrix,
+    rotary_embedding,
     seed003_wrong_positional_encoding,
     sinusoidal_positional_encoding,
 )
@@ -57,6 +58,40 @@ def test_shift_matrices_are_rotations_that_compose():
     torch.testing.assert_close(m3 @ m3.T, torch.eye(16, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(m3 @ m4, m7, atol=1e-12, rtol=0)
     assert torch.linalg.det(m7).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_rotary_embedding_rotates_each_pair_by_the_transposed_shift_matrix():
+    """R_m x = M_m^T x: the rotation of pair i by m * omega_i, the transpose of the sinusoidal shift matrix."""
+    x = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pos = torch.tensor([0, 1, 7, 30, 255])
+    out = rotary_embedding(x, pos)
+    for j, m in enumerate(pos.tolist()):
+        torch.testing.assert_close(out[:, j], x[:, j] @ pe_shift_matrix(m, 12), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1), atol=1e-6, rtol=0)  # a rotation
+    torch.testing.assert_close(rotary_embedding(x, torch.zeros(5)), x)  # position 0: the identity
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(0, 500), n=st.integers(0, 500), shift=st.integers(0, 500))
+def test_rotary_attention_logits_depend_on_the_offset_only(m, n, shift):
+    """<R_m q, R_n k> = <R_{m+s} q, R_{n+s} k> for every shift s, and = <q, R_{n-m} k>."""
+    g = torch.Generator().manual_seed(m * 1000 + n)
+    q, k = torch.randn(1, 16, generator=g, dtype=torch.float64), torch.randn(1, 16, generator=g, dtype=torch.float64)
+
+    def logit(a, b):
+        return float((rotary_embedding(q, torch.tensor([a])) * rotary_embedding(k, torch.tensor([b]))).sum())
+
+    scale = float(q.norm() * k.norm())
+    assert logit(m, n) == pytest.approx(logit(m + shift, n + shift), abs=1e-4 * scale)
+    relative = float((q * rotary_embedding(k, torch.tensor([n - m]))).sum())
+    assert logit(m, n) == pytest.approx(relative, abs=1e-4 * scale)
+
+
+def test_rotary_embedding_rejects_odd_sizes_and_mismatched_positions():
+    with pytest.raises(ValueError, match="d even"):
+        rotary_embedding(torch.zeros(4, 5), torch.arange(4))
+    with pytest.raises(ValueError, match=r"positions must have shape \(T,\) = \(4,\)"):
+        rotary_embedding(torch.zeros(4, 6), torch.arange(3))
 
 
 def test_sinusoidal_positions_are_all_distinct_but_seed_formula_collides():

@@ -58,6 +58,7 @@ class Config:
     dropout: float = 0.0
     bias: bool = True
     fast: bool = True
+    positions: str = "learned"  # or "rotary" (companion.gpt.GPTConfig)
     # optimisation
     batch_size: int = 32
     max_steps: int = 1000
@@ -118,9 +119,11 @@ def chapter_config() -> Config:
 
 def benchmark_config(minutes: float = 8.0) -> Config:
     """The benchmark's run (``benchmarks/gpt_shakespeare.py``): ``minutes`` of training, the
-    cosine schedule following the clock."""
-    return Config(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, max_steps=10**9,
-                  time_budget=60.0 * minutes, lr=3e-3, min_lr=2e-4, warmup_steps=100)
+    cosine schedule following the clock; a context of 256 in batches of 8, bfloat16 matmuls and rotary
+    positions (the trials behind these choices: ``benchmarks/results/gpt_shakespeare_trials.json``)."""
+    return Config(n_layer=4, n_head=4, n_embd=128, block_size=256, batch_size=8, max_steps=10**9,
+                  time_budget=60.0 * minutes, lr=3e-3, min_lr=2e-4, warmup_steps=100, bf16=True,
+                  positions="rotary")
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,7 +167,8 @@ def build_model(cfg: Config) -> GPT:
     tok, _, _ = load_data(cfg)
     torch.manual_seed(cfg.seed)
     return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, fast=cfg.fast))
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, fast=cfg.fast,
+                         positions=cfg.positions))
 
 
 def lr_at(cfg: Config, step: int, progress: float) -> float:
