@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/gan_debugging.py --runs dcgan-long --every 1000 --out /tmp/long.json
     .venv/bin/python benchmarks/gan_debugging.py --merge /tmp/gan_debugging.json /tmp/long.json
 
-Each run trains one model as ``python -m companion train MODEL`` does (its command-line defaults,
-seed 0; ``dcgan+diffaugment`` adds DiffAugment's translation and cutout) and, every ``--every``
+Each run trains one model as ``python -m companion train MODEL`` did before self-conditioning became
+its default (its command-line defaults with ``self_condition=0``, seed 0; ``dcgan+diffaugment`` adds
+DiffAugment's translation and cutout) and, every ``--every``
 generator steps, records
 
 * the image metrics of ``--n`` samples against as many fixed test images (feature FID, classifier
@@ -53,7 +54,8 @@ RUNS = {  # name -> (model name of the registry, config overrides)
 
 def run(name: str, every: int, n: int, classifier, progress: bool, steps: int | None = None) -> dict:
     model_name, overrides = RUNS[name]
-    cfg = R.resolve(make_config(model_name, {**overrides, **({"steps": steps} if steps else {})}))
+    # the GANs as they were diagnosed: without self-conditioning (their command-line default since)
+    cfg = R.resolve(make_config(model_name, {"self_condition": 0, **overrides, **({"steps": steps} if steps else {})}))
     model = R.build_model(cfg)
     x_ref, y_ref = reference_images("test", n, seed=0)
     x_train, y_train = load_mnist("train")

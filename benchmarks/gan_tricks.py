@@ -7,8 +7,10 @@
 Each row trains ``python -m companion train dcgan`` with one change (``TRICKS``): spectral
 normalisation of every discriminator layer, a SAGAN self-attention block in both networks,
 the WGAN-GP loss (gradient penalty, 5 critic steps per generator step, its optimiser settings),
-DiffAugment (translation and cut-out) and an InfoGAN code (``companion.infogan``: a latent space
-in ten disconnected pieces, meant for samples that fall between two digits). All rows use the same
+DiffAugment (translation and cut-out), an InfoGAN code (``companion.infogan``: a latent space
+in ten disconnected pieces, meant for samples that fall between two digits) and self-conditioning
+(``self_condition``: 50 k-means clusters of the training images as labels; the DCGAN's command-line
+default since, so every other row sets it to 0). All rows use the same
 number of generator steps (``--steps``, default 3,000: half the command-line default, so that
 the table fits in an hour of one CPU thread per run) and the same seed, and are scored like ``mnist_targets.py``: 1,000
 samples against the 1,000 fixed test images (feature FID, classifier IS, class coverage, the
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gan_tricks"
 N = mnist_targets.N
 TRICKS: dict[str, tuple[str, dict]] = {  # name -> (what it changes, config overrides of the dcgan model)
-    "baseline": ("the DCGAN with its command-line settings", {}),
+    "baseline": ("the DCGAN with its command-line settings, without self-conditioning", {}),
     "sn": ("spectral normalisation of every layer of D", {"spectral_norm": True}),
     "sagan": ("a self-attention block in G and D (SAGAN)", {"self_attention": True}),
     "wgan-gp": ("Wasserstein loss with gradient penalty, 5 critic steps, Adam (0.5, 0.9)",
@@ -46,13 +48,17 @@ TRICKS: dict[str, tuple[str, dict]] = {  # name -> (what it changes, config over
                     {"diffaugment": "translation,cutout"}),
     "infogan": ("InfoGAN: a 10-way categorical code beside z, read back from the image by a head on D",
                 {"info_codes": 10}),
+    "self-cond": ("self-conditioning: G and D conditioned on 50 k-means clusters of the training images",
+                  {"self_condition": 50}),
 }
 
 
 def run_one(name: str, steps: int, seed: int, classifier, progress: bool) -> dict:
     """One row: the dcgan with trick ``name``, scored as in ``mnist_targets.py`` (its targets are not checked)."""
     what, overrides = TRICKS[name]
-    row = mnist_targets.run_one("dcgan", seed, classifier, progress, overrides={**overrides, "steps": steps})
+    # every row starts from the plain DCGAN: self-conditioning (the command-line default since) is a row of its own
+    row = mnist_targets.run_one("dcgan", seed, classifier, progress,
+                                overrides={"self_condition": 0, **overrides, "steps": steps})
     return {"trick": name, "what": what, "steps": steps, **{k: v for k, v in row.items() if k != "targets"}}
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/gan_variants.py                  # 2,000 generator steps, seeds 0 1 2
     .venv/bin/python benchmarks/gan_variants.py --steps 500 --seeds 0 --json /tmp/gan.json
 
-Each variant (``companion.recipes.gan.VARIANTS``) trains with the same architecture, batch
+Each variant (``companion.recipes.gan_variants.VARIANTS``) trains with the same architecture, batch
 size and number of generator updates (the Wasserstein critics take their usual 5 critic steps
 per generator step); the table gives the modes captured (of 8) per seed, the mean fraction of
 high-quality samples (within 3 sigma of a mode), the KL divergence of the mode histogram from
@@ -23,6 +23,7 @@ from dataclasses import asdict
 import torch
 
 from companion.recipes import gan as R
+from companion.recipes import gan_variants as V
 
 GOAL = {"GAN (non-saturating)": 7, "WGAN-GP": 7}
 
@@ -37,7 +38,7 @@ def main() -> int:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    variants = R.VARIANTS if args.variants is None else {k: R.VARIANTS[k] for k in args.variants}
+    variants = V.VARIANTS if args.variants is None else {k: V.VARIANTS[k] for k in args.variants}
     base = R.Config(data="ring", steps=args.steps)
     print(f"ring: {base.n_modes} Gaussians, radius {base.ring_radius}, std {base.ring_std}; "
           f"{args.steps} generator steps, seeds {args.seeds}; "
@@ -46,7 +47,7 @@ def main() -> int:
     rows = []
     for name, overrides in variants.items():
         for seed in args.seeds:
-            (row,) = R.compare_variants(base, {name: overrides}, seeds=(seed,), progress=False)
+            (row,) = V.compare_variants(base, {name: overrides}, seeds=(seed,), progress=False)
             rows.append(row)
             print(f"  {name:24s} seed {seed}: {int(row['modes_captured'])} modes, "
                   f"high quality {row['high_quality_fraction']:.3f}, {row['seconds']:.1f} s", flush=True)

@@ -253,9 +253,15 @@ class GAN(nn.Module):
     With ``n_codes`` = K > 0 it is an InfoGAN (:mod:`companion.infogan`): the generator's input
     is z = (z', onehot(c)), z' ~ N(0, I) of ``latent_dim`` = its input size minus K and
     c ~ Cat(1/K, ..., 1/K) drawn by :meth:`sample_latent`; the discriminator needs the same ``n_codes``.
+
+    With ``self_conditioned=True`` the networks' classes are clusters of the training data instead of
+    labels (a self-conditioned GAN, Liu et al. 2020): :attr:`cluster_shares` (a buffer, saved with
+    the weights; set by the recipe) holds each cluster's share of the training set, and
+    :meth:`sample` draws the clusters with those probabilities when no labels are given.
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, n_codes: int = 0):
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, n_codes: int = 0,
+                 self_conditioned: bool = False):
         super().__init__()
         if getattr(discriminator, "n_codes", 0) != n_codes or n_codes >= generator.latent_dim:
             raise ValueError(f"n_codes={n_codes} needs a discriminator built with n_codes={n_codes} (got "
@@ -266,6 +272,18 @@ class GAN(nn.Module):
         self.n_codes = n_codes
         self.latent_dim: int = generator.latent_dim - n_codes
         self.n_classes: int = getattr(generator, "n_classes", 0)
+        self.self_conditioned = self_conditioned
+        if self_conditioned:
+            if self.n_classes < 2:
+                raise ValueError(f"a self-conditioned GAN needs networks with n_classes >= 2 clusters, "
+                                 f"got {self.n_classes}")
+            self.register_buffer("cluster_shares", torch.full((self.n_classes,), 1.0 / self.n_classes))
+
+    def sample_clusters(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """(n,) cluster indices drawn with probabilities :attr:`cluster_shares` (self-conditioned GANs)."""
+        if not self.self_conditioned:
+            raise ValueError("sample_clusters is for self-conditioned GANs (built with self_conditioned=True)")
+        return torch.multinomial(self.cluster_shares.cpu(), n, replacement=True, generator=generator)
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
         """The generator's input z (n, latent_dim + n_codes): N(0, I), then a one-hot code if ``n_codes``;
@@ -278,11 +296,13 @@ class GAN(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw n samples G(z), z ~ the latent prior, in eval mode (conditional: ``labels`` (n,), default k mod K)."""
+        """Draw n samples G(z), z ~ the latent prior, in eval mode (conditional: ``labels`` (n,), default k mod K;
+        self-conditioned: default clusters drawn with their shares, after z)."""
         device = next(self.generator.parameters()).device
         z = self.sample_latent(n, generator)[0].to(device)
         if self.n_classes and labels is None:
-            labels = torch.arange(n, device=device) % self.n_classes
+            labels = (self.sample_clusters(n, generator).to(device) if self.self_conditioned
+                      else torch.arange(n, device=device) % self.n_classes)
         was_training = self.generator.training
         self.generator.eval()
         try:

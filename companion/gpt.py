@@ -33,7 +33,7 @@ So the logits at position :math:`t` depend on :math:`x_1, \dots, x_t` only, and 
 pass over a window gives all :math:`T` next-token predictions at once (teacher forcing).
 
 Generation samples :math:`x_{t+1} \sim p_\theta(\cdot \mid x_{\le t})` one token at a time, after
-reshaping the distribution (:func:`next_token_probs`): temperature :math:`\tau` (softmax of
+reshaping the distribution (:func:`companion.sampling.next_token_probs`): temperature :math:`\tau` (softmax of
 :math:`z / \tau`; :math:`\tau = 0` is greedy decoding), top-k and nucleus (top-p) filtering.
 A :class:`KVCache` keeps the keys and values of the tokens already processed, so each new
 token costs one position's computation instead of the whole window's.
@@ -52,6 +52,17 @@ from companion.attention import causal_mask, scaled_dot_product_attention
 from companion.checks import verdict
 from companion.positional import rotary_embedding
 
+# the decoding filters (companion.sampling) stay importable from here, as before they had their own module
+from companion.sampling import (  # noqa: F401 (re-exported)
+    apply_temperature,
+    check_knobs,
+    check_top_p_filter,
+    next_token_probs,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
+
 __all__ = [
     "GPTConfig",
     "KVCache",
@@ -59,15 +70,9 @@ __all__ = [
     "MLP",
     "Block",
     "GPT",
-    "apply_temperature",
-    "top_k_filter",
-    "top_p_filter",
-    "next_token_probs",
-    "sample_next_token",
     "kv_cache_floats",
     "check_kv_cache_floats",
-    "check_top_p_filter",
-]
+]  # the decoding filters it imports from companion.sampling stay importable from here
 
 
 @dataclass
@@ -351,7 +356,7 @@ class GPT(nn.Module):
                 ``top_k < 1``, ``top_p`` outside (0, 1], ``max_new_tokens < 0``.
         """
         self._check_ids(idx, "the prompt idx")
-        _check_knobs(temperature, top_k, top_p)
+        check_knobs(temperature, top_k, top_p)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         was_training = self.training
@@ -378,87 +383,6 @@ class GPT(nn.Module):
         return asdict(self.config)
 
 
-# ------------------------------------------------------------------ sampling filters
-
-
-def _check_knobs(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):  # NaN fails too
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-
-
-def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
-    """``logits / temperature`` (``temperature > 0``; 0 is greedy, see :func:`next_token_probs`)."""
-    _check_knobs(temperature, None, None)
-    if temperature == 0:
-        raise ValueError("temperature 0 is greedy decoding: take argmax instead of dividing by 0")
-    return logits / temperature
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Set every logit below the k-th largest (along the last dim) to ``-inf``.
-
-    ``logits: (..., V)``. Ties with the k-th largest are kept, so more than ``k`` entries may
-    survive; ``k >= V`` changes nothing.
-    """
-    _check_knobs(1.0, k, None)
-    if k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filter: keep the smallest set of most probable tokens with total probability >= p.
-
-    ``logits: (..., V)``. Sorting the probabilities in decreasing order, token i is kept when
-    the mass of the tokens before it is below ``p``; so the most probable token is always
-    kept, and ``p = 1`` keeps everything. The others get ``-inf``.
-    """
-    _check_knobs(1.0, None, p)
-    if p == 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    remove_sorted = mass_before >= p
-    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
-
-
-def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None) -> Tensor:
-    """The distribution generation samples from: temperature, then top-k, then top-p.
-
-    ``logits: (..., V) -> probs (..., V)``. ``temperature = 0`` gives the one-hot of the
-    argmax (greedy decoding; the lowest id wins a tie).
-    """
-    _check_knobs(temperature, top_k, top_p)
-    if temperature == 0:
-        return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
-    logits = apply_temperature(logits, temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    return logits.softmax(dim=-1)
-
-
-def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """Draw one token per row: ``logits (B, V) -> ids (B, 1)`` from :func:`next_token_probs`."""
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (B, V), got {tuple(logits.shape)}")
-    if temperature == 0:
-        _check_knobs(temperature, top_k, top_p)
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = next_token_probs(logits, temperature, top_k, top_p)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
 # ------------------------------------------------------------------- exercise checkers
 
 
@@ -474,20 +398,3 @@ def check_kv_cache_floats(answer: int, n_layer: int, n_ctx: int, n_embd: int, ba
     ok = answer == expected
     return verdict(ok, f"2 (K and V) x {n_layer} layers x {n_ctx} positions x {n_embd} numbers x {batch} "
                        f"sequences = {expected:,}" + ("" if ok else f"; you gave {answer:,}"))
-
-
-def check_top_p_filter(fn, trials: int = 200, seed: int = 0) -> bool:
-    """Exercise checker: does ``fn(logits (B, V), p) -> logits`` keep exactly the nucleus?
-
-    Compares the set of finite entries of ``fn``'s output with :func:`top_p_filter`'s on
-    random logits (ties are unlikely with continuous random values). Prints a verdict.
-    """
-    g = torch.Generator().manual_seed(seed)
-    for i in range(trials):
-        logits = torch.randn(3, 12, generator=g) * (1 + 3 * torch.rand(1, generator=g))
-        p = float(torch.rand(1, generator=g).clamp(0.05, 0.99))
-        got, want = torch.isfinite(fn(logits.clone(), p)), torch.isfinite(top_p_filter(logits, p))
-        if not torch.equal(got, want):
-            return verdict(False, f"trial {i}, p = {p:.3f}: you kept {got.sum(-1).tolist()} tokens per row, "
-                                  f"the nucleus has {want.sum(-1).tolist()}. Logits:\n{logits}")
-    return verdict(True, f"your filter kept exactly the nucleus in all {trials} trials.")

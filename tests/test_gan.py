@@ -11,6 +11,7 @@ from torch import nn
 from companion import diffaugment, gan, gan_networks
 from companion.divergences import js_divergence
 from companion.recipes import gan as recipe
+from companion.recipes import gan_variants
 
 LOG4 = math.log(4.0)
 
@@ -469,6 +470,58 @@ def test_recipe_diffaugment_needs_images_and_trains_on_mnist(mnist):
     assert all(math.isfinite(v) for v in history["d_loss"] + history["g_loss"])
 
 
+# ------------------------------------------------------------------------- self-conditioning
+
+
+def test_self_conditioned_gan_draws_clusters_with_their_shares_and_keeps_them_with_the_weights():
+    def networks():
+        return gan_networks.MLPGenerator(8, 16, n_classes=4), gan_networks.MLPDiscriminator(16, n_classes=4)
+
+    model = gan_networks.GAN(*networks(), self_conditioned=True)
+    model.cluster_shares.copy_(torch.tensor([0.7, 0.2, 0.1, 0.0]))
+    draws = model.sample_clusters(20_000, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / 20_000
+    torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1, 0.0]), atol=0.015, rtol=0)  # se <= 0.0033
+    clone = gan_networks.GAN(*networks(), self_conditioned=True)
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone.cluster_shares, model.cluster_shares)
+    x = clone.sample(6, generator=torch.Generator().manual_seed(1))  # no labels: clusters drawn
+    assert x.shape == (6, 1, 28, 28)
+    with pytest.raises(ValueError, match="n_classes >= 2 clusters"):
+        gan_networks.GAN(gan_networks.MLPGenerator(8, 16), gan_networks.MLPDiscriminator(16), self_conditioned=True)
+    with pytest.raises(ValueError, match="self-conditioned GANs"):
+        gan_networks.GAN(gan_networks.MLPGenerator(8, 16), gan_networks.MLPDiscriminator(16)).sample_clusters(3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(self_condition=1), "K >= 2"),
+    (dict(self_condition=-3), "K >= 2"),
+    (dict(self_condition=10, conditional=True), "unconditional MNIST"),
+    (dict(self_condition=10, info_codes=10), "unconditional MNIST"),
+    (dict(self_condition=10, data="ring"), "unconditional MNIST"),
+])
+def test_recipe_self_condition_rejects_bad_settings(bad, message):
+    with pytest.raises(ValueError, match=message):
+        recipe.Config(**{"data": "mnist", **bad})
+
+
+@pytest.mark.slow
+def test_recipe_self_conditioned_gan_trains_on_the_clusters_of_the_training_images(mnist):
+    from companion.clustering import kmeans
+    from companion.data import load_mnist
+
+    cfg = recipe.Config(data="mnist", arch="dcgan", steps=2, hidden=64, batch_size=16, self_condition=5, n_eval=50)
+    model = recipe.build_model(cfg)
+    recipe.train(cfg, model, progress=False)
+    ids = kmeans(load_mnist("train")[0], 5, seed=0)
+    expected = torch.bincount(ids, minlength=5).float() / ids.numel()
+    torch.testing.assert_close(model.cluster_shares, expected)
+    assert model.n_classes == 5 and bool((expected > 0.05).all())
+    x = recipe.sample(cfg, model, 8)
+    assert x.shape == (8, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    assert set(recipe.evaluate(cfg, model)) == {"nn_fake_to_real", "nn_real_to_fake"}
+
+
 # ------------------------------------------------------------------------- recipe
 
 
@@ -578,7 +631,7 @@ def test_snapshot_callback_records_fixed_noise_samples_into_the_history():
 def test_compare_variants_gives_one_row_per_variant_and_seed():
     base = recipe.Config(steps=2, hidden=8, batch_size=16, n_eval=100)
     variants = {"ns": {"loss": "ns"}, "cond": {"conditional": True}}
-    rows, models = recipe.compare_variants(base, variants, seeds=(0, 1), progress=False, return_models=True)
+    rows, models = gan_variants.compare_variants(base, variants, seeds=(0, 1), progress=False, return_models=True)
     assert [(r["variant"], r["seed"]) for r in rows] == [("ns", 0), ("ns", 1), ("cond", 0), ("cond", 1)]
     assert "label_accuracy" in rows[2] and "label_accuracy" not in rows[0]
     assert models["cond", 1].n_classes == 8

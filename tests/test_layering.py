@@ -27,6 +27,8 @@ LAYERS: dict[str, int] = {
     "toy2d": 0,
     "tokenizers": 0,
     "calibration": 0,
+    "sampling": 0,
+    "clustering": 0,
     # 1: models (nn.Modules and the math of their chapter); they never train themselves
     "lm": 1,
     "classifiers": 1,

@@ -16,8 +16,9 @@ One :class:`Config` selects the data (``"ring"`` or ``"mnist"``), the architectu
 =============  ==========================================================================
 
 ``spectral_norm`` normalises every layer of D; ``conditional`` feeds labels (ring: the
-mode index; MNIST: the digit) to G and D; ``self_attention`` adds a SAGAN block to both
-DCGAN networks. Fields left ``None`` take the per-data defaults of ``DEFAULTS`` and
+mode index; MNIST: the digit) to G and D; ``self_condition`` = K feeds k-means clusters of the
+training images instead, no labels used (:func:`companion.clustering.kmeans`); ``self_attention`` adds a SAGAN
+block to both DCGAN networks. Fields left ``None`` take the per-data defaults of ``DEFAULTS`` and
 per-loss optimiser settings (:func:`resolve` fills them in). ``steps`` counts generator
 updates; the Wasserstein losses take ``n_critic`` (default 5) critic steps per generator step.
 """
@@ -32,13 +33,14 @@ from torch import Tensor
 from companion import distributed
 from companion import gan as G
 from companion import gan_networks as N
+from companion.clustering import kmeans
 from companion.diffaugment import diff_augment, parse_diff_augment_policy
 from companion.infogan import info_loss, mutual_information_bound
 from companion.toy2d import mode_coverage, ring_centers, sample_ring
 from companion.train import History, WeightAverage, recalibrate_batch_norm, train_loop
 
 __all__ = ["Config", "DEFAULTS", "LOSSES", "resolve", "build_model", "train", "recalibrate_batch_norm", "evaluate",
-           "sample", "snapshot_callback", "snapshots", "config_dict", "VARIANTS", "compare_variants"]
+           "sample", "snapshot_callback", "snapshots", "config_dict"]
 
 LOSSES = ("ns", "minimax", "wgan", "wgan-gp", "lsgan", "dragan", "hinge")
 DISTRIBUTED = True  # train() runs under torchrun (companion.distributed: DDP-wrapped G and D, sharded data)
@@ -87,6 +89,10 @@ class Config:
             a uniform categorical code c beside z, and a head Q on D's features learns to read c back
             from G(z, c); 0 = off.
         info_weight: lambda, the weight of the InfoGAN loss -E log Q(c | G(z, c)) in D's and G's losses.
+        self_condition: K >= 2 makes a self-conditioned GAN (Liu et al. 2020; MNIST, unconditional runs only):
+            k-means splits the training images into K clusters of pixels (:func:`companion.clustering.kmeans`, seeded by
+            ``seed``), G and D are conditioned on the cluster as the conditional GAN is on the digit, and G
+            draws each cluster as often as it occurs in the training set. No label is used; 0 = off.
     """
 
     data: str = "ring"
@@ -115,6 +121,7 @@ class Config:
     g_ema: float | None = None
     info_codes: int = 0
     info_weight: float = 1.0
+    self_condition: int = 0
 
     def __post_init__(self):
         if self.data not in DATA:
@@ -147,6 +154,13 @@ class Config:
         if self.info_codes and self.conditional:
             raise ValueError("info_codes is for unconditional GANs (the code stands in for the label they lack); "
                              "got conditional=True")
+        if isinstance(self.self_condition, bool) or not isinstance(self.self_condition, int) \
+                or self.self_condition < 0 or self.self_condition == 1:
+            raise ValueError(f"self_condition must be 0 (off) or a number of clusters K >= 2, "
+                             f"got {self.self_condition!r}")
+        if self.self_condition and (self.data != "mnist" or self.conditional or self.info_codes):
+            raise ValueError("self_condition is for unconditional MNIST GANs (the clusters stand in for the labels): "
+                             f"got data={self.data!r}, conditional={self.conditional}, info_codes={self.info_codes}")
         if self.n_eval < 1 or self.n_modes < 1:
             raise ValueError(f"n_eval and n_modes must be >= 1, got {self.n_eval} and {self.n_modes}")
 
@@ -176,7 +190,7 @@ def build_model(cfg: Config) -> N.GAN:
         gen = N.ToyGenerator(z_in, cfg.hidden, n_classes=k)
         disc = N.ToyDiscriminator(2, cfg.hidden, n_classes=k, n_codes=c)
     else:
-        k = 10 if cfg.conditional else 0
+        k = 10 if cfg.conditional else cfg.self_condition
         if cfg.arch == "mlp":
             gen = N.MLPGenerator(z_in, cfg.hidden, n_classes=k)
             disc = N.MLPDiscriminator(cfg.hidden, n_classes=k, n_codes=c)
@@ -186,11 +200,12 @@ def build_model(cfg: Config) -> N.GAN:
             disc = N.DCGANDiscriminator(base, n_classes=k, self_attention=cfg.self_attention, n_codes=c)
     if cfg.spectral_norm:
         G.apply_spectral_norm(disc)
-    return N.GAN(gen, disc, n_codes=c)
+    return N.GAN(gen, disc, n_codes=c, self_conditioned=cfg.self_condition > 0)
 
 
-def _real_batches(cfg: Config, gen: torch.Generator):
-    """Infinite iterator of (x, y) real batches; y is None for unconditional runs."""
+def _real_batches(cfg: Config, gen: torch.Generator, clusters: Tensor | None = None):
+    """Infinite iterator of (x, y) real batches; y is the label (conditional runs), the cluster (``clusters``
+    given: self-conditioned runs) or None."""
     if cfg.data == "ring":
         while True:
             x, y = sample_ring(cfg.batch_size, cfg.n_modes, cfg.ring_radius, cfg.ring_std, generator=gen,
@@ -200,10 +215,11 @@ def _real_batches(cfg: Config, gen: torch.Generator):
 
     images, labels = load_mnist("train")
     images = images * 2 - 1  # the generators end in tanh: data in [-1, 1]
+    labels = clusters if clusters is not None else labels
     # one process: minibatches shuffled by gen, epoch after epoch; under torchrun: this rank's shard
     for x, y in distributed.batch_stream(images, labels, batch_size=cfg.batch_size, generator=gen, seed=cfg.seed,
                                          drop_last=True):
-        yield x, (y if cfg.conditional else None)
+        yield x, (y if cfg.conditional or clusters is not None else None)
 
 
 def _augment(cfg: Config, x: Tensor, gen: torch.Generator) -> Tensor:
@@ -281,7 +297,14 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
     else:
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         opt_g = torch.optim.Adam(Gn.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    batches = _real_batches(cfg, gen)
+    clusters = None
+    if cfg.self_condition:  # the clusters of the training images, and their shares for G's draws
+        from companion.data import load_mnist
+
+        clusters = kmeans(load_mnist("train")[0], cfg.self_condition, cfg.seed)  # of the pixels
+        shares = torch.bincount(clusters, minlength=cfg.self_condition).float()
+        model.cluster_shares.copy_(shares / shares.sum())
+    batches = _real_batches(cfg, gen, clusters)
     n_classes = model.n_classes
     # Polyak averaging of G: a moving average of its weights, copied into G at the end of training
     g_params = list(Gn.parameters())
@@ -292,6 +315,8 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
 
     def fake_inputs(n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
         z, codes = model.sample_latent(n, gen)  # z ~ N(0, I) (and an InfoGAN's one-hot codes)
+        if model.self_conditioned:  # clusters as often as in the training set
+            return z, model.sample_clusters(n, gen), codes
         return z, (torch.randint(0, n_classes, (n,), generator=gen) if n_classes else None), codes
 
     def fake_batch(n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -323,7 +348,8 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
             record["info_bound"] = mutual_information_bound(code_logits.detach(), codes)
         return record
 
-    desc = f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
+    desc = (f"GAN {cfg.data} {cfg.loss}" + (" +SN" if cfg.spectral_norm else "") + (" cond" if cfg.conditional else "")
+            + (f" self-cond K={cfg.self_condition}" if cfg.self_condition else ""))
     history = train_loop(step, cfg.steps, desc=desc, progress=progress and distributed.is_main(), callback=callback)
     if ema is not None and cfg.steps > 0:
         ema.copy_to_params()
@@ -334,7 +360,8 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
 
 def sample(cfg: Config, model: N.GAN, n: int, generator: torch.Generator | None = None,
            labels: Tensor | None = None) -> Tensor:
-    """n samples: ring (n, 2); MNIST (n, 1, 28, 28) in [0, 1]. Conditional models cycle labels k mod K by default."""
+    """n samples: ring (n, 2); MNIST (n, 1, 28, 28) in [0, 1]. Conditional models cycle labels k mod K by default;
+    self-conditioned ones draw clusters with their training shares."""
     cfg = resolve(cfg)
     x = model.sample(n, labels=labels, generator=generator)
     return x if cfg.data == "ring" else (x + 1) / 2
@@ -353,7 +380,7 @@ def evaluate(cfg: Config, model: N.GAN) -> dict[str, float]:
     cfg = resolve(cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     k = model.n_classes
-    labels = torch.arange(cfg.n_eval) % k if k else None
+    labels = torch.arange(cfg.n_eval) % k if k and not model.self_conditioned else None
     x = sample(cfg, model, cfg.n_eval, generator=gen, labels=labels)
     if cfg.data == "ring":
         cov = mode_coverage(x, ring_centers(cfg.n_modes, cfg.ring_radius), cfg.ring_std, labels=labels)
@@ -411,53 +438,3 @@ def snapshots(history: History) -> list[tuple[int, Tensor]]:
         return []
     xy = torch.tensor([history.metrics["snapshot_x"], history.metrics["snapshot_y"]]).T
     return list(zip(steps, xy.reshape(len(steps), -1, 2), strict=True))
-
-
-VARIANTS: dict[str, dict] = {
-    "GAN (non-saturating)": {"loss": "ns"},
-    "GAN (minimax)": {"loss": "minimax"},
-    "WGAN (weight clipping)": {"loss": "wgan"},
-    "WGAN-GP": {"loss": "wgan-gp"},
-    "LSGAN": {"loss": "lsgan"},
-    "DRAGAN": {"loss": "dragan"},
-    "GAN + spectral norm": {"loss": "ns", "spectral_norm": True},
-    "hinge + spectral norm": {"loss": "hinge", "spectral_norm": True},
-    "conditional GAN": {"loss": "ns", "conditional": True},
-}
-"""The variants the chapter compares on the ring, as name -> the Config fields that define it."""
-
-
-def compare_variants(base: Config, variants: dict[str, dict] | None = None, seeds=(0,), *,
-                     cache_name: str | None = None, progress: bool = True, return_models: bool = False):
-    """Train every variant on the same task and budget; return one row of metrics per (variant, seed).
-
-    Args:
-        base: the shared settings (data, steps, sizes, ...); each variant overrides some fields.
-        variants: name -> Config overrides (default :data:`VARIANTS`).
-        seeds: seeds to run for each variant.
-        cache_name: if given, weights and histories are cached with
-            :func:`companion.train.train_or_load` under ``<cache_name>-<loss>...``.
-        progress: show a progress bar per run.
-        return_models: also return the trained models, keyed by ``(variant, seed)``.
-
-    Returns:
-        Rows ``{"variant", "seed", "seconds", **evaluate(...)}``; ``seconds`` is the training
-        time (as measured when the run was trained, also for cached runs). With
-        ``return_models``, the pair ``(rows, models)``.
-    """
-    from companion.train import train_or_load
-
-    rows, models = [], {}
-    for name, overrides in (variants or VARIANTS).items():
-        for seed in seeds:
-            cfg = replace(base, seed=seed, **overrides)
-            model = build_model(cfg)
-            if cache_name is None:
-                history = train(cfg, model, progress=progress)
-            else:
-                tag = "-".join([cache_name, cfg.loss] + (["sn"] if cfg.spectral_norm else [])
-                               + (["cond"] if cfg.conditional else []))
-                history = train_or_load(tag, model, lambda m, c=cfg: train(c, m, progress=progress), config_dict(cfg))
-            rows.append({"variant": name, "seed": seed, "seconds": history.seconds, **evaluate(cfg, model)})
-            models[name, seed] = model
-    return (rows, models) if return_models else rows
