@@ -113,7 +113,9 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['model']} | {r['seed']} | {r['train_seconds']:.0f} | {r['fid']:.1f} | "
                      f"{r['inception_score']:.2f} | {r['digit_min']:.1%} | {r['digit_max']:.1%} | {acc} | {verdict} |")
     meta = results["meta"]
-    lines += ["", f"Produced by `benchmarks/mnist_targets.py` (commit {meta.get('git', 'unknown')}, torch "
+    commits = sorted({m.get("git", "unknown") for m in results.get("merged_from", [])} or {meta.get("git", "unknown")})
+    where = f"commit {commits[0]}" if len(commits) == 1 else f"runs at commits {', '.join(commits)}, merged"
+    lines += ["", f"Produced by `benchmarks/mnist_targets.py` ({where}, torch "
               f"{meta['torch']}, {meta['cpus']}-CPU machine, data: {meta['data']}). Each model trained with its "
               f"command-line defaults; {N:,} samples against {N:,} fixed test images; train time is wall-clock "
               "seconds of the training loop (inflated when other jobs share the machine; see the JSON for the "
