@@ -50,6 +50,7 @@ __all__ = [
     "check_pe_shift_matrix",
     "check_pe_dot",
     "check_pair_distance",
+    "check_rotary_embedding",
 ]
 
 
@@ -310,3 +311,24 @@ def check_pair_distance(fn: Callable[[int, int, int], float], n_positions: int =
                                   f"is {dist[0].item():.6g} at every pos (a chord of the unit circle, angle omega_i k)")
     return verdict(True, "your distance matches the table for four (k, i, d_model), at every pos: "
                          "2 |sin(omega_i k / 2)|")
+
+
+def check_rotary_embedding(fn: Callable[[Tensor, Tensor], Tensor], d: int = 8) -> bool:
+    """Exercise checker: does ``fn(x (T, d), positions (T,))`` rotate each pair (x_2i, x_2i+1) of row t by
+    ``positions[t] * omega_i``, omega_i = 10000^(-2i/d), as :func:`rotary_embedding` does? Prints a verdict."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, d, generator=g, dtype=torch.float64)
+    positions = torch.tensor([0, 1, 2, 5, 40, 300])
+    want = rotary_embedding(x, positions)
+    try:
+        got = torch.as_tensor(fn(x.clone(), positions.clone()), dtype=torch.float64)
+    except Exception as exc:  # the reader's code: report, do not crash
+        return verdict(False, f"fn raised {type(exc).__name__}: {exc}")
+    if got.shape != want.shape:
+        return verdict(False, f"fn returned shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    err = (got - want).abs().max().item()
+    if not math.isfinite(err) or err > 1e-5:
+        hint = ("position 0 must leave x unchanged" if (got[0] - x[0]).abs().max() > 1e-5 else
+                "each pair is (x_2i, x_2i+1), turned anticlockwise: (a cos - b sin, a sin + b cos)")
+        return verdict(False, f"max |fn - R_m x| = {err:.3g}; {hint}")
+    return verdict(True, f"every row is R_m x for the positions {positions.tolist()}")

@@ -13,6 +13,7 @@ from companion.positional import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
     check_pe_shift_matrix,
+    check_rotary_embedding,
     count_collisions,
     pe_shift_matrix,
     rotary_embedding,
@@ -145,3 +146,22 @@ def test_check_pe_shift_matrix(capsys):
     assert check_pe_shift_matrix(pe_shift_matrix)
     assert not check_pe_shift_matrix(lambda k, d: pe_shift_matrix(k, d).T)
     assert "Not yet:" in capsys.readouterr().out
+
+
+def test_check_rotary_embedding_accepts_the_rotation_and_rejects_common_mistakes(capsys):
+    def rotate(x, pos, sign=1.0, half=False):
+        d = x.shape[-1]
+        omega = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        a = sign * pos.double()[:, None] * omega
+        x1, x2 = (x[:, : d // 2], x[:, d // 2 :]) if half else (x[:, 0::2], x[:, 1::2])
+        y1, y2 = x1 * a.cos() - x2 * a.sin(), x1 * a.sin() + x2 * a.cos()
+        return torch.cat([y1, y2], 1) if half else torch.stack([y1, y2], -1).flatten(1)
+
+    assert check_rotary_embedding(rotate)
+    assert not check_rotary_embedding(lambda x, p: rotate(x, p, sign=-1.0))  # clockwise
+    assert not check_rotary_embedding(lambda x, p: rotate(x, p, half=True))  # pairs (i, i + d/2)
+    assert not check_rotary_embedding(lambda x, p: rotate(x, p + 1))  # positions from 1
+    assert not check_rotary_embedding(lambda x, p: x[:3])  # wrong shape
+    out = capsys.readouterr().out
+    assert out.startswith("Correct: ") and out.count("Not yet: ") == 4
+    assert "position 0 must leave x unchanged" in out and "(x_2i, x_2i+1)" in out
