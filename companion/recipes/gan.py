@@ -203,9 +203,9 @@ def build_model(cfg: Config) -> N.GAN:
     return N.GAN(gen, disc, n_codes=c, self_conditioned=cfg.self_condition > 0)
 
 
-def _real_batches(cfg: Config, gen: torch.Generator, clusters: Tensor | None = None):
-    """Infinite iterator of (x, y) real batches; y is the label (conditional runs), the cluster (``clusters``
-    given: self-conditioned runs) or None."""
+def _real_batches(cfg: Config, gen: torch.Generator, clustered: tuple[Tensor, Tensor] | None = None):
+    """Infinite iterator of (x, y) real batches; y is the label (conditional runs), the cluster (self-conditioned
+    runs: ``clustered`` = the training images and their cluster ids) or None."""
     if cfg.data == "ring":
         while True:
             x, y = sample_ring(cfg.batch_size, cfg.n_modes, cfg.ring_radius, cfg.ring_std, generator=gen,
@@ -213,13 +213,12 @@ def _real_batches(cfg: Config, gen: torch.Generator, clusters: Tensor | None = N
             yield x, (y if cfg.conditional else None)
     from companion.data import load_mnist
 
-    images, labels = load_mnist("train")
+    images, labels = clustered if clustered is not None else load_mnist("train")
     images = images * 2 - 1  # the generators end in tanh: data in [-1, 1]
-    labels = clusters if clusters is not None else labels
     # one process: minibatches shuffled by gen, epoch after epoch; under torchrun: this rank's shard
     for x, y in distributed.batch_stream(images, labels, batch_size=cfg.batch_size, generator=gen, seed=cfg.seed,
                                          drop_last=True):
-        yield x, (y if cfg.conditional or clusters is not None else None)
+        yield x, (y if cfg.conditional or clustered is not None else None)
 
 
 def _augment(cfg: Config, x: Tensor, gen: torch.Generator) -> Tensor:
@@ -297,14 +296,16 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
     else:
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         opt_g = torch.optim.Adam(Gn.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    clusters = None
-    if cfg.self_condition:  # the clusters of the training images, and their shares for G's draws
+    clustered = None
+    if cfg.self_condition:  # the clusters of the training images' pixels, and their shares for G's draws
         from companion.data import load_mnist
 
-        clusters = kmeans(load_mnist("train")[0], cfg.self_condition, cfg.seed)  # of the pixels
+        images = load_mnist("train")[0]
+        clusters = kmeans(images, cfg.self_condition, cfg.seed)
         shares = torch.bincount(clusters, minlength=cfg.self_condition).float()
         model.cluster_shares.copy_(shares / shares.sum())
-    batches = _real_batches(cfg, gen, clusters)
+        clustered = (images, clusters)  # read once: the batches come from the same images
+    batches = _real_batches(cfg, gen, clustered)
     n_classes = model.n_classes
     # Polyak averaging of G: a moving average of its weights, copied into G at the end of training
     g_params = list(Gn.parameters())
