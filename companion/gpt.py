@@ -72,7 +72,7 @@ __all__ = [
     "GPT",
     "kv_cache_floats",
     "check_kv_cache_floats",
-]  # the decoding filters it imports from companion.sampling stay importable from here
+]
 
 
 @dataclass
