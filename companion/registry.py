@@ -38,9 +38,9 @@ class ModelSpec:
 
 
 DCGAN_DEFAULTS = {"loss": "ns", "steps": 6000, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999}  # the DCGAN and the cGAN
-# the unconditional MNIST GANs condition on 50 k-means clusters of the training images (no labels): their samples
+# the unconditional MNIST GANs condition on 100 k-means clusters of the training images (no labels): their samples
 # stopped falling between two digits (chapter 04_2 section 8, benchmarks/results/mnist_targets.json)
-SELF_CONDITION = {"self_condition": 50}
+SELF_CONDITION = {"self_condition": 100}
 MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("vae", "companion.recipes.vae", "MLP variational autoencoder, Bernoulli decoder (MNIST)",
               fixed={"family": "vae"}, defaults={"z_dim": 20}, likelihood=True),
@@ -50,12 +50,12 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               fixed={"family": "vqvae"}),
     # MNIST GANs: lr 1e-3, 6,000 steps, a moving average of G (the measurements behind these choices: chapter 04_2
     # section 8 and benchmarks/results/{gan_debugging,mnist_targets}.json)
-    ModelSpec("gan", "companion.recipes.gan", "MLP GAN, non-saturating loss, self-conditioned on 50 clusters (MNIST)",
+    ModelSpec("gan", "companion.recipes.gan", "MLP GAN, non-saturating loss, self-conditioned on 100 clusters (MNIST)",
               fixed={"data": "mnist", "arch": "mlp", "conditional": False},
               defaults={"loss": "ns", "steps": 6000, "hidden": 512, "lr_g": 1e-3, "lr_d": 1e-3, "g_ema": 0.999,
                         **SELF_CONDITION}),
     ModelSpec("dcgan", "companion.recipes.gan", "DCGAN: convolutional generator and discriminator, self-conditioned "
-              "on 50 clusters (MNIST)", fixed={"data": "mnist", "arch": "dcgan", "conditional": False},
+              "on 100 clusters (MNIST)", fixed={"data": "mnist", "arch": "dcgan", "conditional": False},
               defaults={**DCGAN_DEFAULTS, **SELF_CONDITION}),
     ModelSpec("cgan", "companion.recipes.gan", "conditional DCGAN: generates a requested digit (MNIST)",
               fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, conditional=True, defaults=DCGAN_DEFAULTS),

@@ -100,7 +100,7 @@ def test_config_options_follow_the_recipe_fields():
         cfg = runs.make_config(name)
         assert (cfg.lr_g, cfg.lr_d) == (1e-3, 1e-3)
         assert runs.make_config(name, {"g_ema": 0.5, "steps": 5}).g_ema == 0.5
-        assert cfg.self_condition == 50 and runs.make_config(name, {"self_condition": 0}).self_condition == 0
+        assert cfg.self_condition == 100 and runs.make_config(name, {"self_condition": 0}).self_condition == 0
     assert runs.make_config("gan").g_ema == 0.999 and runs.make_config("gan").steps == 6000
     assert runs.make_config("cgan").self_condition == 0  # labels, not clusters
     assert runs.make_config("cvae").z_dim == 4 and runs.make_config("vae").z_dim == 20
