@@ -81,6 +81,25 @@ def test_a_conditional_model_samples_the_requested_digits_with_guidance(mnist):
         R.sample(R.Config(**TINY), R.build_model(R.Config(**TINY)), 2, labels=torch.tensor([0, 1]))
 
 
+def test_a_self_conditioned_model_draws_its_clusters_and_is_guided_towards_them(mnist):
+    from companion.diffusion import ddim_sample, guided_eps
+
+    cfg = R.Config(**{**TINY, "self_condition": 4, "guidance": 2.0})
+    model = R.build_model(cfg)
+    R.train(cfg, model, progress=False)
+    assert model.n_classes == 4 and abs(float(model.cluster_shares.sum()) - 1) < 1e-6
+    x = R.sample(cfg, model, 3, generator=torch.Generator().manual_seed(0))
+    # the same draw by hand: clusters with their shares, then DDIM on the guided noise prediction
+    gen = torch.Generator().manual_seed(0)
+    clusters = torch.multinomial(model.cluster_shares, 3, replacement=True, generator=gen)
+    slow = ddim_sample(lambda x, t: guided_eps(model, x, t, clusters, 2.0, model.null_label), (3, 1, 28, 28),
+                       alpha_bar_from_betas(R.betas_of(cfg)), cfg.sample_steps, generator=gen)
+    torch.testing.assert_close(x, ((slow + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-5)
+    assert R.evaluate(cfg, model) == {"network_evaluations_per_sample": 8.0}
+    with pytest.raises(ValueError, match="self_condition is for unconditional models"):
+        R.Config(conditional=True, self_condition=4)
+
+
 @pytest.mark.parametrize("w", [0.0, 1.0])
 def test_guidance_zero_and_one_take_one_network_call_and_equal_the_guided_formula(w):
     from companion.diffusion import ddim_sample, guided_eps

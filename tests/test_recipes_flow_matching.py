@@ -65,6 +65,35 @@ def test_a_conditional_model_draws_the_requested_labels_with_guidance(mnist):
         R.sample(cfg, model, 4, labels=torch.tensor([1, 2]))
 
 
+def test_a_self_conditioned_model_learns_the_clusters_of_the_training_images_and_draws_them_by_share(mnist):
+    from companion.clustering import kmeans
+    from companion.data import load_mnist
+
+    cfg = R.Config(**{**TINY, "steps": 2, "self_condition": 5})
+    model = R.build_model(cfg)
+    assert model.n_classes == 5 and model.null_label == 5
+    R.train(cfg, model, progress=False)
+    ids = kmeans(load_mnist("train")[0] * 2 - 1, 5, seed=cfg.seed)  # the pixels the recipe clusters
+    expected = torch.bincount(ids, minlength=5).float() / ids.numel()
+    torch.testing.assert_close(model.cluster_shares, expected)
+    assert bool((expected > 0.05).all())
+    # the shares are part of the checkpoint: a rebuilt network gets them back from the state dict
+    clone = R.build_model(cfg)
+    assert not torch.equal(clone.cluster_shares, expected)
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone.cluster_shares, expected)
+    # clusters are drawn with their shares (a large draw: within 0.02 of each share)
+    draws = R.sample_clusters(model, 20_000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.bincount(draws, minlength=5) / 20_000, expected, atol=0.02, rtol=0)
+    x = R.sample(cfg, model, 4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 1, 28, 28) and torch.equal(x, R.sample(cfg, model, 4, torch.Generator().manual_seed(0)))
+    assert R.evaluate(cfg, model)["network_evaluations_per_sample"] == 6.0  # guided: two velocities per step
+    with pytest.raises(ValueError, match="unconditional: labels must be None"):
+        R.sample(cfg, model, 2, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="needs a self-conditioned network"):
+        R.sample_clusters(R.build_model(R.Config(**TINY)), 3)
+
+
 def test_an_unconditional_model_refuses_labels():
     cfg = R.Config(**TINY)
     with pytest.raises(ValueError, match="unconditional: labels must be None"):
@@ -81,10 +110,17 @@ def test_an_unconditional_model_refuses_labels():
     ("p_uncond", 1.0, r"p_uncond must be in \[0, 1\)"),
     ("lr", 0.0, "lr must be > 0"),
     ("conditional", 1, "conditional must be True or False"),
+    ("self_condition", 1, "K >= 2"),
+    ("self_condition", True, "K >= 2"),
 ])
 def test_bad_config_values_get_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
         R.Config(**{field: value})
+
+
+def test_self_conditioning_is_for_unconditional_models():
+    with pytest.raises(ValueError, match="self_condition is for unconditional models"):
+        R.Config(conditional=True, self_condition=10)
 
 
 def test_the_model_names_fix_conditioning_and_sample_takes_steps_sampler_and_guidance():

@@ -18,7 +18,9 @@ Adam, warm-up + cosine rate, gradient clipping, a moving average of the weights)
 With ``conditional=True`` the network also sees the digit, dropped to the null label with probability
 ``p_uncond`` (as in the flow-matching recipe), and sampling uses classifier-free guidance with scale
 ``guidance`` on the predicted noise (:func:`companion.diffusion.guided_eps`). The command-line model
-``ddpm`` is unconditional; the chapter trains the conditional one.
+``ddpm`` is unconditional; the chapter trains the conditional one. ``self_condition = K`` conditions an
+unconditional model on K k-means clusters of the training images instead of digits, as in the
+flow-matching recipe (:func:`companion.recipes.flow_matching.fit_field`).
 
 Sampling: ``"ddim"`` (deterministic for ``eta = 0``, ``sample_steps`` network evaluations) or
 ``"ddpm"`` (ancestral, all ``T`` steps).
@@ -40,7 +42,7 @@ from companion.diffusion import (
     guided_eps,
     linear_beta_schedule,
 )
-from companion.recipes.flow_matching import check_training_fields, fit_field
+from companion.recipes.flow_matching import check_training_fields, fit_field, sample_clusters, seeded_unet
 from companion.train import History
 from companion.unet import UNet
 
@@ -61,6 +63,8 @@ class Config:
         conditional: a digit-conditional model (classifier-free guidance) instead of an unconditional one.
         p_uncond: probability of dropping a label to "no class" in training (conditional models).
         guidance: the classifier-free guidance scale w for conditional samples (1 = no guidance).
+        self_condition: K >= 2 conditions an unconditional model on K k-means clusters of the training images
+            (guided by ``guidance``); 0 = off.
     """
 
     channels: int = 16
@@ -80,6 +84,7 @@ class Config:
     conditional: bool = False
     p_uncond: float = 0.1
     guidance: float = 2.0
+    self_condition: int = 0
 
     def __post_init__(self):
         check_training_fields(self)
@@ -107,11 +112,9 @@ def config_dict(cfg: Config) -> dict:
 
 
 def build_model(cfg: Config) -> UNet:
-    """The noise predictor :math:`\\varepsilon_\\theta(x_t, t[, y])`: a :class:`~companion.unet.UNet` (10 digits + null
-    label when conditional), seeded by ``cfg.seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return UNet(cfg.channels, n_classes=10 if cfg.conditional else 0)
+    """The noise predictor :math:`\\varepsilon_\\theta(x_t, t[, y])`: a :class:`~companion.unet.UNet` (10 digits, or
+    ``cfg.self_condition`` clusters, + the null label), seeded by ``cfg.seed``."""
+    return seeded_unet(cfg)
 
 
 def betas_of(cfg: Config) -> Tensor:
@@ -128,7 +131,8 @@ def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> 
     def loss_fn(net, x, labels, gen):
         return ddpm_loss(net, x, alpha_bar, generator=gen, labels=labels)
 
-    desc = f"DDPM ({cfg.schedule} schedule, T = {cfg.T}{', conditional' if cfg.conditional else ''})"
+    desc = f"DDPM ({cfg.schedule} schedule, T = {cfg.T}{', conditional' if cfg.conditional else ''}" \
+        + (f", self-conditioned, K = {cfg.self_condition})" if cfg.self_condition else ")")
     return fit_field(cfg, model, loss_fn, desc, progress=progress, callback=callback)
 
 
@@ -138,7 +142,8 @@ def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None =
     """``n`` images ``(n, 1, 28, 28)`` in ``[0, 1]`` by ``cfg.sampler`` (see :class:`Config`).
 
     A conditional model draws the digits ``labels`` (default ``0, 1, ..., 9, 0, ...``) with guidance scale
-    ``cfg.guidance``; an unconditional one takes no labels.
+    ``cfg.guidance``; an unconditional one takes no labels (a self-conditioned one draws its clusters with
+    their training shares, then the noise, and is guided towards them).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
@@ -148,7 +153,9 @@ def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None =
     model.eval()
     betas = betas_of(cfg)
     eps_model = model
-    if cfg.conditional:
+    if cfg.self_condition:
+        labels = sample_clusters(model, n, generator)
+    if cfg.conditional or cfg.self_condition:
         labels = torch.arange(n) % 10 if labels is None else labels
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
@@ -169,6 +176,6 @@ def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None =
 
 def evaluate(cfg: Config, model: UNet) -> dict[str, float]:
     """The recipe's own figure: network evaluations per sample (the image metrics are the runner's)."""
-    guided = 2 if cfg.conditional and cfg.guidance not in (0, 1) else 1
+    guided = 2 if (cfg.conditional or cfg.self_condition) and cfg.guidance not in (0, 1) else 1
     steps = cfg.sample_steps if cfg.sampler == "ddim" else cfg.T
     return {"network_evaluations_per_sample": float(steps * guided)}
