@@ -12,7 +12,7 @@ samples is scored like ``mnist_targets.py`` (feature FID, classifier IS, the rar
 sampling time). The untouched command-line model (``self_condition = 0``) is the row of
 ``mnist_targets.json``.
 
-Writes ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/flow_self_guidance``).
+Writes ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/MODEL_self_guidance``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from companion.recipes.classifier import mnist_classifier
 from companion.runs import data_tag, evaluate_model, make_config, real_baseline, sample_model, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "flow_self_guidance"
+RESULTS = ROOT / "benchmarks" / "results"
 N = mnist_targets.N
 
 
@@ -61,9 +61,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the command line's)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/MODEL_self_guidance")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    args.out = args.out or RESULTS / f"{args.model}_self_guidance"
     if args.clusters < 2:
         parser.error(f"--clusters must be >= 2, got {args.clusters}")
     for suffix in (".json", ".md"):  # nothing a user made is overwritten by surprise: say where it goes

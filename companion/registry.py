@@ -61,8 +61,10 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               fixed={"data": "mnist", "arch": "dcgan", "conditional": True}, conditional=True, defaults=DCGAN_DEFAULTS),
     ModelSpec("wgan-gp", "companion.recipes.gan", "Wasserstein GAN with gradient penalty (MNIST)",
               fixed={"data": "mnist", "loss": "wgan-gp", "conditional": False}, defaults={"arch": "dcgan"}),
-    ModelSpec("flow", "companion.recipes.flow_matching", "flow matching with a U-Net, Euler sampler (MNIST)",
-              fixed={"conditional": False}),
+    # unconditional flow matching guided towards 100 k-means clusters (no labels): chapter 07_2,
+    # benchmarks/results/flow_self_guidance.json
+    ModelSpec("flow", "companion.recipes.flow_matching", "flow matching with a U-Net, self-guided by 100 clusters, "
+              "Euler sampler (MNIST)", fixed={"conditional": False}, defaults=SELF_CONDITION),
     ModelSpec("cflow", "companion.recipes.flow_matching", "digit-conditional flow matching, classifier-free "
               "guidance (MNIST)", fixed={"conditional": True}, conditional=True),
     ModelSpec("ddpm", "companion.recipes.ddpm", "denoising diffusion (DDPM) with a U-Net, DDIM sampler (MNIST)"),
