@@ -125,6 +125,9 @@ def test_self_conditioning_is_for_unconditional_models():
 
 def test_the_model_names_fix_conditioning_and_sample_takes_steps_sampler_and_guidance():
     assert runs.make_config("flow").conditional is False and runs.make_config("cflow").conditional is True
+    # the command line's flow is guided towards k-means clusters (no labels); cflow uses the labels
+    assert runs.make_config("flow").self_condition == 100 and runs.make_config("cflow").self_condition == 0
+    assert runs.make_config("flow", {"self_condition": 0}).self_condition == 0
     with pytest.raises(runs.RunError, match="conditional is fixed to False"):
         runs.make_config("flow", {"conditional": True})
     from companion.cli import build_parser
