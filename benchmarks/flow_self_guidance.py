@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from provenance import provenance
 
 from companion.metrics import NOT_COMPARABLE_TO_PAPERS
 from companion.recipes.classifier import mnist_classifier
-from companion.runs import data_tag, evaluate_model, make_config, real_baseline, sample_model, train_model
+from companion.runs import data_tag, make_config, real_baseline, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -79,16 +78,9 @@ def main(argv=None) -> None:
         cfg = make_config(args.model, {**overrides, **({"steps": args.steps} if args.steps is not None else {})})
         model, history, _ = train_model(args.model, cfg, progress=progress, retrain=True)
         rows = []
-        for w in args.guidance:
-            cfg_w = dataclasses.replace(cfg, guidance=w)
-            t0 = time.perf_counter()
-            samples = sample_model(args.model, cfg_w, model, N, seed=0)
-            seconds = time.perf_counter() - t0
-            result = evaluate_model(args.model, cfg_w, model, n=N, progress=progress, classifier=classifier,
-                                    samples=samples)
-            shares = [c / N for c in result["histogram"]]
-            row = {"guidance": w, "sample_seconds": seconds, "digit_shares": shares, "digit_min": min(shares),
-                   "digit_max": max(shares), **{k: v for k, v in result.items() if k not in ("model", "histogram")}}
+        for w in args.guidance:  # the one network, sampled and scored as in mnist_targets.py at each scale
+            row = {"guidance": w, **mnist_targets.score(args.model, dataclasses.replace(cfg, guidance=w), model,
+                                                        classifier, progress)}
             rows.append(row)
             print({k: row[k] for k in ("guidance", "fid", "inception_score", "digit_min", "digit_max",
                                        "sample_seconds")}, flush=True)

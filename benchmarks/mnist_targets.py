@@ -56,23 +56,28 @@ def met(value: float, op: str, threshold: float) -> bool:
     return value >= threshold if op == ">=" else value <= threshold
 
 
-def run_one(name: str, seed: int, classifier, progress: bool, overrides: dict | None = None) -> dict:
-    """Train ``name`` with its command-line defaults (and ``overrides``), seed ``seed``, and score it: one row."""
-    cfg = make_config(name, {**(overrides or {}), "seed": seed})
-    cpu0 = time.process_time()
-    model, history, _ = train_model(name, cfg, progress=progress, retrain=True)
-    cpu = time.process_time() - cpu0
+def score(name: str, cfg, model, classifier, progress: bool) -> dict:
+    """Draw ``N`` samples of a trained model (seed 0) and score them: sampling time, digit shares, the metrics."""
     t0 = time.perf_counter()
     samples = sample_model(name, cfg, model, N, seed=0)
     sample_seconds = time.perf_counter() - t0
     result = evaluate_model(name, cfg, model, n=N, iwae_k=64, progress=progress, classifier=classifier,
                             samples=samples)
     shares = [c / N for c in result["histogram"]]
+    return {"sample_seconds": sample_seconds, "digit_shares": shares, "digit_min": min(shares),
+            "digit_max": max(shares), **{k: v for k, v in result.items() if k not in ("model", "histogram")}}
+
+
+def run_one(name: str, seed: int, classifier, progress: bool, overrides: dict | None = None) -> dict:
+    """Train ``name`` with its command-line defaults (and ``overrides``), seed ``seed``, and score it: one row."""
+    cfg = make_config(name, {**(overrides or {}), "seed": seed})
+    cpu0 = time.process_time()
+    model, history, _ = train_model(name, cfg, progress=progress, retrain=True)
+    cpu = time.process_time() - cpu0
+    scored = score(name, cfg, model, classifier, progress)
     row = {"model": name, "seed": seed, "config": json.loads(json.dumps(cfg.__dict__, default=str)),
-           "train_seconds": history.seconds, "train_cpu_seconds": cpu, "sample_seconds": sample_seconds,
-           "load_average": os.getloadavg()[0],
-           "digit_shares": shares, "digit_min": min(shares), "digit_max": max(shares),
-           **{k: v for k, v in result.items() if k not in ("model", "histogram")}}
+           "train_seconds": history.seconds, "train_cpu_seconds": cpu,
+           "load_average": os.getloadavg()[0], **scored}
     row["targets"] = [{"metric": m, "op": op, "threshold": t, "value": row[m], "met": met(row[m], op, t)}
                       for m, op, t in TARGETS.get(name, []) if row.get(m) is not None]
     return row

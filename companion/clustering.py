@@ -10,7 +10,8 @@ by Lloyd's iterations: assign every point to its nearest centre, then move every
 points; neither step can raise :math:`W`, so the iterations settle, in a local minimum that depends on the
 start. The start is k-means++: the first centre is a random point, each next one a point drawn with
 probability proportional to its squared distance to the nearest centre so far. SciPy's ``kmeans2`` runs both;
-:func:`kmeans` fixes its settings and takes and returns tensors. :func:`cluster_purity` measures clusters
+:func:`kmeans` fixes its settings and takes and returns tensors. :func:`cluster_shares` gives each cluster's
+share of the data (what a self-conditioned model draws clusters with); :func:`cluster_purity` measures clusters
 against labels they never saw.
 
 Shapes: ``x: (N, ...)``, each example flattened to a vector; cluster ids ``(N,)`` int64 in ``[0, K)``.
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["kmeans", "cluster_purity"]
+__all__ = ["kmeans", "cluster_shares", "cluster_purity"]
 
 
 def kmeans(x: Tensor, k: int, seed: int = 0, iterations: int = 50) -> Tensor:
@@ -40,6 +41,16 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iterations: int = 50) -> Tensor:
     points = x.reshape(x.shape[0], -1).double().numpy()
     _, ids = kmeans2(points, k, iter=iterations, minit="++", seed=np.random.default_rng(seed))
     return torch.from_numpy(ids).long()
+
+
+def cluster_shares(ids: Tensor, k: int) -> Tensor:
+    """``(k,)`` float: the share of the examples in each cluster of ``ids (N,)`` (ids in ``[0, k)``); sums to 1."""
+    if ids.ndim != 1 or ids.numel() == 0:
+        raise ValueError(f"ids must have shape (N,) with N >= 1, got {tuple(ids.shape)}")
+    if int(ids.min()) < 0 or int(ids.max()) >= k:
+        raise ValueError(f"cluster ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
+    counts = torch.bincount(ids.long(), minlength=k).float()
+    return counts / counts.sum()
 
 
 def cluster_purity(ids: Tensor, labels: Tensor) -> float:

@@ -49,3 +49,14 @@ def test_kmeans_rejects_bad_k_and_iterations():
         kmeans(images, True)
     with pytest.raises(ValueError, match="iterations must be an int >= 1"):
         kmeans(images, 3, iterations=0)
+
+
+def test_cluster_shares_are_the_clusters_fractions_of_the_data_and_reject_bad_ids():
+    from companion.clustering import cluster_shares
+
+    shares = cluster_shares(torch.tensor([0, 2, 2, 2, 0, 3]), 5)
+    torch.testing.assert_close(shares, torch.tensor([2, 0, 3, 1, 0]) / 6)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        cluster_shares(torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match=r"shape \(N,\)"):
+        cluster_shares(torch.zeros(2, 2, dtype=torch.long), 3)

@@ -39,14 +39,14 @@ import torch
 from torch import Tensor, nn
 
 from companion import distributed
-from companion.clustering import kmeans
+from companion.clustering import cluster_shares, kmeans
 from companion.data import load_mnist
 from companion.flow_matching import drop_labels, euler_sample, flow_matching_loss, guided_velocity, heun_sample
 from companion.train import History, WeightAverage, train_loop, warmup_cosine_lr
 from companion.unet import UNet
 
 __all__ = ["Config", "config_dict", "build_model", "train", "sample", "evaluate", "fit_field", "check_training_fields",
-           "sample_clusters"]
+           "sample_clusters", "seeded_unet"]
 
 SAMPLERS = {"euler": euler_sample, "heun": heun_sample}
 
@@ -175,8 +175,7 @@ def fit_field(cfg, model: UNet, loss_fn, desc: str, *, progress: bool = True, ca
     x_all, y_all = _training_images()
     if cfg.self_condition:  # the clusters of the training images stand in for their labels
         y_all = kmeans(x_all, cfg.self_condition, cfg.seed)
-        shares = torch.bincount(y_all, minlength=cfg.self_condition).float()
-        model.cluster_shares.copy_(shares / shares.sum())
+        model.cluster_shares.copy_(cluster_shares(y_all, cfg.self_condition))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     params = list(model.parameters())
     ema = WeightAverage(params, cfg.ema) if cfg.ema else None

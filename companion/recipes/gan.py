@@ -33,7 +33,7 @@ from torch import Tensor
 from companion import distributed
 from companion import gan as G
 from companion import gan_networks as N
-from companion.clustering import kmeans
+from companion.clustering import cluster_shares, kmeans
 from companion.diffaugment import diff_augment, parse_diff_augment_policy
 from companion.infogan import info_loss, mutual_information_bound
 from companion.toy2d import mode_coverage, ring_centers, sample_ring
@@ -302,8 +302,7 @@ def train(cfg: Config, model: N.GAN, *, progress: bool = True, callback=None) ->
 
         images = load_mnist("train")[0]
         clusters = kmeans(images, cfg.self_condition, cfg.seed)
-        shares = torch.bincount(clusters, minlength=cfg.self_condition).float()
-        model.cluster_shares.copy_(shares / shares.sum())
+        model.cluster_shares.copy_(cluster_shares(clusters, cfg.self_condition))
         clustered = (images, clusters)  # read once: the batches come from the same images
     batches = _real_batches(cfg, gen, clustered)
     n_classes = model.n_classes
