@@ -57,8 +57,7 @@ def binomial_test(k: int, n: int, p: float = 0.5) -> float:
     _check_counts(k, n)
     if not 0 < p < 1:
         raise ValueError(f"p must lie in (0, 1), got {p}")
-    log_pmf = [math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p)
-               + (n - j) * math.log1p(-p) for j in range(n + 1)]
+    log_pmf = _log_pmf(n, p)
     threshold = log_pmf[k] + math.log1p(1e-7)
     return min(1.0, sum(math.exp(v) for v in log_pmf if v <= threshold))
 
@@ -75,10 +74,25 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _log_pmf(n: int, p: float) -> list[float]:
+    """log P(K = j), j = 0..n, for K ~ Binomial(n, p) (log space: no overflow for large n)."""
+    return [math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p)
+            + (n - j) * math.log1p(-p) for j in range(n + 1)]
+
+
 def _power(n: int, p: float, alpha: float) -> float:
-    """P(the exact test rejects 1/2 at level alpha) when each answer is right with probability p."""
-    reject = [j for j in range(n + 1) if binomial_test(j, n) <= alpha]
-    return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in reject)
+    """P(the exact test rejects 1/2 at level alpha) when each answer is right with probability p.
+
+    Under 1/2 the distribution is symmetric, so the two-sided p-value of j is
+    min(1, 2 P(K <= min(j, n - j))): one cumulative sum gives every j's (O(n), not O(n^2)).
+    """
+    cdf, total = [], 0.0
+    for v in _log_pmf(n, 0.5):
+        total += math.exp(v)
+        cdf.append(total)
+    pmf = _log_pmf(n, p)
+    reject = (j for j in range(n + 1) if 2 * j != n and min(1.0, 2 * cdf[min(j, n - j)]) <= alpha)
+    return sum(math.exp(pmf[j]) for j in reject)
 
 
 def judgements_needed(p: float, alpha: float = 0.05, power: float = 0.8, max_n: int = 2000) -> int:

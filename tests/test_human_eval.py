@@ -51,6 +51,21 @@ def test_judgements_needed_is_the_smallest_n_with_the_power():
         judgements_needed(0.51, max_n=50)
 
 
+def test_power_agrees_with_the_binomial_test_and_stays_finite_for_many_judgements():
+    from companion.human_eval import _power
+
+    def brute_force(n, p):  # the definition: P(reject) summed over the outcomes the exact test rejects
+        return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(n + 1) if binomial_test(j, n) <= 0.05)
+
+    for n in (1, 2, 7, 10, 25, 40, 61):
+        for p in (0.55, 0.75, 0.9):
+            assert _power(n, p, 0.05) == pytest.approx(brute_force(n, p), rel=1e-9, abs=1e-15)
+    # a judge barely better than chance: thousands of judgements, where math.comb * p**j overflowed
+    n = judgements_needed(0.53, max_n=5000)
+    assert 1500 < n < 3000
+    assert _power(n, 0.53, 0.05) >= 0.8 > _power(n - 1, 0.53, 0.05)
+
+
 def test_a_session_scores_a_perfect_judge_and_a_judge_who_always_says_left():
     real, fake = torch.ones(40, 1, 4, 4), torch.zeros(40, 1, 4, 4)
     s = TwoAFC(real, fake, generator=torch.Generator().manual_seed(0))
