@@ -51,9 +51,12 @@ $(OFFLINE): tools/offline-assets/package.json tools/offline-assets/package-lock.
 	cp tools/mathjax2-shim.js _offline/widgets/mathjax2-shim.js
 	touch $@
 
-# The execution cache does not see edits to the package: drop it when companion/ changes.
-_build/.companion-stamp: $(PY_SOURCES)
-	rm -rf _build/.jupyter_cache
+# The execution cache does not see edits to the package: drop it when companion/ changes, or the
+# translations of the words inside figures, which the execution draws (companion/figure_translation.py).
+# Both editions' doctrees go too, so that each page is read again and its notebook executed afresh.
+FIGURE_TRANSLATIONS := locales/zh_CN/LC_MESSAGES/figures.po
+_build/.companion-stamp: $(PY_SOURCES) $(FIGURE_TRANSLATIONS)
+	rm -rf _build/.jupyter_cache _build/.doctrees _build/.doctrees-zh
 	mkdir -p _build && touch $@
 
 # The Chinese edition reuses the English build's execution cache (each notebook runs once), and
@@ -63,6 +66,8 @@ _build/.companion-stamp: $(PY_SOURCES)
 # browser test uses; without it the book is built and the PDFs are skipped, saying why.
 CHROMIUM := $(or $(COMPANION_CHROMIUM),$(shell command -v chromium || command -v chromium-browser))
 
+# Every notebook the book executes draws each figure a second time, in Chinese (companion/figure_translation.py).
+book: export COMPANION_FIGURE_TRANSLATIONS = $(CURDIR)/$(FIGURE_TRANSLATIONS)
 book: $(INSTALLED) $(OFFLINE) _build/.companion-stamp
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	$(BIN)/python tools/i18n.py build

@@ -38,11 +38,15 @@ N = mnist_targets.N
 
 def markdown(results: dict) -> str:
     base, meta = results["baseline"], results["meta"]
-    lines = ["| guidance w | feature FID ↓ | classifier IS ↑ | rarest digit | commonest digit | sampling s |",
-             "|---|---|---|---|---|---|",
-             f"| real images | {base['fid']:.1f} | {base['inception_score']:.2f} | – | – | – |"]
+    clip = any("clip_x0" in r for r in results["rows"])
+    lines = ["| guidance w" + (" | clipped $\\hat x_0$" if clip else "")
+             + " | feature FID ↓ | classifier IS ↑ | rarest digit | commonest digit | sampling s |",
+             "|---|---|---|---|---|---|" + ("---|" if clip else ""),
+             "| real images" + (" | –" if clip else "")
+             + f" | {base['fid']:.1f} | {base['inception_score']:.2f} | – | – | – |"]
     for r in results["rows"]:
-        lines.append(f"| {r['guidance']:g} | {r['fid']:.1f} | {r['inception_score']:.2f} | {r['digit_min']:.1%} | "
+        lines.append(f"| {r['guidance']:g}" + ((" | yes" if r["clip_x0"] else " | no") if clip else "")
+                     + f" | {r['fid']:.1f} | {r['inception_score']:.2f} | {r['digit_min']:.1%} | "
                      f"{r['digit_max']:.1%} | {r['sample_seconds']:.0f} |")
     lines += ["", f"Produced by `benchmarks/flow_self_guidance.py`: `{meta['model']}` self-conditioned on "
               f"{meta['clusters']} k-means clusters, seed {meta['seed']}, trained once in "
@@ -58,6 +62,9 @@ def main(argv=None) -> None:
     parser.add_argument("--clusters", type=int, default=100, help="K, the number of k-means clusters")
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-x0", action="store_true", help="ddpm only: clip the predicted x0 to [-1, 1]")
+    parser.add_argument("--also-unclipped", type=float, nargs="*", default=[],
+                        help="with --clip-x0: guidance scales sampled a second time without clipping (same network)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the command line's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/MODEL_self_guidance")
@@ -66,6 +73,10 @@ def main(argv=None) -> None:
     args.out = args.out or RESULTS / f"{args.model}_self_guidance"
     if args.clusters < 2:
         parser.error(f"--clusters must be >= 2, got {args.clusters}")
+    if args.clip_x0 and args.model != "ddpm":
+        parser.error("--clip-x0 applies to --model ddpm only")
+    if args.also_unclipped and not args.clip_x0:
+        parser.error("--also-unclipped compares with --clip-x0; give both")
     for suffix in (".json", ".md"):  # nothing a user made is overwritten by surprise: say where it goes
         print(f"writes {args.out.with_suffix(suffix)}")
     if args.threads:
@@ -74,16 +85,18 @@ def main(argv=None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         classifier = mnist_classifier(progress=progress)
-        overrides = {"self_condition": args.clusters, "seed": args.seed}
+        overrides = {"self_condition": args.clusters, "seed": args.seed, **({"clip_x0": True} if args.clip_x0 else {})}
         cfg = make_config(args.model, {**overrides, **({"steps": args.steps} if args.steps is not None else {})})
         model, history, _ = train_model(args.model, cfg, progress=progress, retrain=True)
         rows = []
-        for w in args.guidance:  # the one network, sampled and scored as in mnist_targets.py at each scale
-            row = {"guidance": w, **mnist_targets.score(args.model, dataclasses.replace(cfg, guidance=w), model,
-                                                        classifier, progress)}
+        settings = [(w, args.clip_x0) for w in args.guidance] + [(w, False) for w in args.also_unclipped]
+        for w, clip in settings:  # the one network, sampled and scored as in mnist_targets.py at each setting
+            sampled = dataclasses.replace(cfg, guidance=w, **({"clip_x0": clip} if args.model == "ddpm" else {}))
+            row = {"guidance": w, **({"clip_x0": clip} if args.model == "ddpm" else {}),
+                   **mnist_targets.score(args.model, sampled, model, classifier, progress)}
             rows.append(row)
-            print({k: row[k] for k in ("guidance", "fid", "inception_score", "digit_min", "digit_max",
-                                       "sample_seconds")}, flush=True)
+            print({k: row.get(k) for k in ("guidance", "clip_x0", "fid", "inception_score", "digit_min", "digit_max",
+                                           "sample_seconds")}, flush=True)
         baseline = real_baseline(classifier, N)
     meta = {**provenance("benchmarks/flow_self_guidance.py"), "model": args.model, "clusters": args.clusters,
             "seed": args.seed,

@@ -26,3 +26,9 @@ try:
 except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 __all__ = ["seed_everything", "__version__"]
+
+# The book's build draws every figure a second time with its words in Chinese (companion.figure_translation).
+if _os.environ.get("COMPANION_FIGURE_TRANSLATIONS"):
+    from companion.figure_translation import enable_in_ipython as _enable_in_ipython
+
+    _enable_in_ipython()

@@ -41,7 +41,10 @@ DDIM (:func:`ddim_sample`, Song, Meng and Ermon 2021) visits a subsequence of th
     \sigma = \eta \sqrt{\frac{1 - \bar\alpha_{s}}{1 - \bar\alpha_t}}
         \sqrt{1 - \frac{\bar\alpha_t}{\bar\alpha_{s}}},
 
-deterministic for :math:`\eta = 0`. Classifier-free guidance on the noise: :func:`guided_eps`. Schedules: linear
+deterministic for :math:`\eta = 0`. ``clip_x0`` clips :math:`\hat x_0` to :math:`[-1, 1]` before it is used, as the
+reference code of Ho et al. does: DDIM re-derives :math:`\hat\varepsilon` from it, ancestral sampling takes the
+posterior mean :math:`\tilde\mu_t(\hat x_0, x_t)` (the update above, without clipping). Classifier-free guidance
+on the noise: :func:`guided_eps`. Schedules: linear
 (:func:`linear_beta_schedule`, Ho et al.) and cosine (:func:`cosine_alpha_bar`, Nichol and Dhariwal 2021,
 :math:`\bar\alpha(t) = f(t) / f(0)`, :math:`f(t) = \cos^2\big(\frac{t/T + s}{1 + s} \frac\pi2\big)`). The exercise
 checkers (``check_...``) compare a reader's function with these.
@@ -65,25 +68,10 @@ from torch import Tensor
 
 from companion.checks import verdict
 
-__all__ = [
-    "linear_beta_schedule",
-    "cosine_alpha_bar",
-    "cosine_beta_schedule",
-    "betas_from_alpha_bar",
-    "alpha_bar_from_betas",
-    "q_sample",
-    "q_posterior",
-    "eps_from_score",
-    "score_from_eps",
-    "ddpm_loss",
-    "ddpm_sample",
-    "ddim_timesteps",
-    "ddim_sample",
-    "guided_eps",
-    "check_q_sample",
-    "check_posterior_mean",
-    "check_eps_from_score",
-]
+__all__ = ["linear_beta_schedule", "cosine_alpha_bar", "cosine_beta_schedule", "betas_from_alpha_bar",
+           "alpha_bar_from_betas", "q_sample", "q_posterior", "eps_from_score", "score_from_eps", "ddpm_loss",
+           "ddpm_sample", "ddim_timesteps", "ddim_sample", "guided_eps", "check_q_sample", "check_posterior_mean",
+           "check_eps_from_score"]
 
 EpsModel = Callable[..., Tensor]
 
@@ -327,7 +315,8 @@ def _start(shape: Sequence[int], x_T: Tensor | None, dtype: torch.dtype, device:
 @torch.no_grad()
 def ddpm_sample(model: EpsModel, shape: Sequence[int], betas: Tensor, generator: torch.Generator | None = None,
                 labels: Tensor | None = None, *, variance: str = "posterior", x_T: Tensor | None = None,
-                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, clip_x0: bool = False,
+                ) -> Tensor:
     r"""Ancestral sampling: ``T`` reverse steps from :math:`x_T \sim \mathcal N(0, I)` to :math:`x_0`.
 
     Args:
@@ -341,6 +330,7 @@ def ddpm_sample(model: EpsModel, shape: Sequence[int], betas: Tensor, generator:
             :math:`x_0 \sim \mathcal N(0, I)` (Ho et al. report similar samples with both).
         x_T: ``(B, *x_shape)`` starting noise instead of a draw.
         dtype, device: of the samples.
+        clip_x0: step to the posterior mean of :math:`\hat x_0` clipped to ``[-1, 1]`` (module docstring).
 
     Returns:
         ``(B, *x_shape)`` samples; the last step adds no noise.
@@ -355,7 +345,12 @@ def ddpm_sample(model: EpsModel, shape: Sequence[int], betas: Tensor, generator:
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         eps = _call(model, x, t, labels)
         beta, ab = beta_list[i], alpha_bar[i]
-        x = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta)
+        if clip_x0:  # the posterior mean of the clipped x0_hat
+            x0_hat = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1.0, 1.0)
+            ab_prev = alpha_bar[i - 1] if i > 0 else 1.0
+            x = (math.sqrt(ab_prev) * beta * x0_hat + math.sqrt(1 - beta) * (1 - ab_prev) * x) / (1 - ab)
+        else:
+            x = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta)
         if i > 0:
             var = beta if variance == "beta" else (1 - alpha_bar[i - 1]) / (1 - ab) * beta
             x = x + math.sqrt(var) * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -376,7 +371,7 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 def ddim_sample(model: EpsModel, shape: Sequence[int], alpha_bar: Tensor, steps: int, eta: float = 0.0,
                 generator: torch.Generator | None = None, labels: Tensor | None = None, *,
                 x_T: Tensor | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str | None = None) -> Tensor:
+                device: torch.device | str | None = None, clip_x0: bool = False) -> Tensor:
     r"""DDIM sampling on ``steps`` of the ``T`` training steps (:func:`ddim_timesteps`).
 
     From the last visited step to the first, then to :math:`\bar\alpha = 1`: the result is the last
@@ -393,6 +388,7 @@ def ddim_sample(model: EpsModel, shape: Sequence[int], alpha_bar: Tensor, steps:
         generator: seeds :math:`x_T` and, for ``eta > 0``, the noise of every step.
         labels: ``(B,)`` class labels passed on to the model.
         x_T: ``(B, *x_shape)`` starting noise instead of a draw.
+        clip_x0: clip :math:`\hat x_0` to ``[-1, 1]``, re-derive :math:`\hat\varepsilon` (module docstring).
 
     Returns:
         ``(B, *x_shape)`` samples.
@@ -409,6 +405,9 @@ def ddim_sample(model: EpsModel, shape: Sequence[int], alpha_bar: Tensor, steps:
         t = torch.full((x.shape[0],), taus[k], dtype=torch.long, device=x.device)
         eps = _call(model, x, t, labels)
         x0_hat = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+        if clip_x0:
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+            eps = (x - math.sqrt(ab) * x0_hat) / math.sqrt(1 - ab)
         sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
         x = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0:

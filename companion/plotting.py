@@ -206,6 +206,17 @@ def show_figure_with_alt(fig, alt: str) -> None:
 
     if not alt or not alt.strip():
         raise ValueError("alt must describe the figure (what is plotted and what it shows), got an empty string")
+    from companion import figure_translation
+
+    catalog = figure_translation.active_catalog()
+    if catalog is not None:  # the book's build: both languages' pictures (companion.figure_translation)
+        png_zh, used, missed = figure_translation.render_translated(fig, catalog)
+        alt_zh, template, ok = figure_translation.translate_text(alt, catalog)
+        if template is not None:
+            (used if ok else missed).append(template)
+        html_both = figure_translation.dual_image_html(figure_png(fig), png_zh, alt, alt_zh)
+        display(HTML(html_both), metadata={figure_translation.MIME: {"texts": used, "untranslated": missed}})
+        return
     data = base64.b64encode(figure_png(fig)).decode("ascii")
     display(HTML(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'))
 

@@ -254,6 +254,39 @@ def test_ddim_with_the_exact_predictor_follows_the_probability_flow_and_recovers
     assert float(out[200].std()) == pytest.approx(S, abs=0.015)  # se 0.0025
 
 
+def _constant_x0_predictor(alpha_bar, c):
+    """The noise predictor whose x0_hat is c at every step: eps = (x_t - sqrt(ab_t) c) / sqrt(1 - ab_t)."""
+    ab = alpha_bar.double()
+
+    def eps(x, t):
+        a = ab[t].reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+        return (x - a.sqrt() * c) / (1 - a).sqrt()
+
+    return eps
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_clipping_x0_changes_nothing_inside_the_data_range_and_clips_outside_it(sampler):
+    """Inside [-1, 1] the clipped sampler's step (the posterior mean of x0_hat, or DDIM with eps re-derived) is the
+    plain one; an x0_hat of 3 ends as 3 without clipping and as 1 with it."""
+    betas = linear_beta_schedule(100).double()
+    alpha_bar = alpha_bar_from_betas(betas)
+    x_T = torch.randn(200, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def run(c, clip):
+        model = _constant_x0_predictor(alpha_bar, c)
+        if sampler == "ddpm":
+            return ddpm_sample(model, (200, 1), betas, torch.Generator().manual_seed(4), x_T=x_T,
+                               dtype=torch.float64, clip_x0=clip)
+        return ddim_sample(model, (200, 1), alpha_bar, 20, 0.5, torch.Generator().manual_seed(4), x_T=x_T,
+                           dtype=torch.float64, clip_x0=clip)
+
+    torch.testing.assert_close(run(0.3, True), run(0.3, False), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(run(0.3, True), torch.full_like(x_T, 0.3), rtol=0, atol=1e-9)
+    torch.testing.assert_close(run(3.0, False), torch.full_like(x_T, 3.0), rtol=0, atol=1e-9)
+    torch.testing.assert_close(run(3.0, True), torch.ones_like(x_T), rtol=0, atol=1e-9)
+
+
 def test_samplers_reject_bad_step_counts_and_shapes():
     alpha_bar = cosine_alpha_bar(10)
     eps = gaussian_eps_predictor(alpha_bar)

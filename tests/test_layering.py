@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "distributed": 2,
     "data": 2,
     "plotting": 2,
+    "figure_translation": 2,
     "human_eval": 2,
     "probes": 2,
     "env": 2,

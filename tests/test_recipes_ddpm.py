@@ -54,6 +54,7 @@ def test_the_schedules_are_the_papers():
     ("p_uncond", 1.0, r"p_uncond must be in \[0, 1\)"),
     ("guidance", -1.0, "guidance must be >= 0"),
     ("channels", 20, "multiple of 8"),
+    ("clip_x0", 1, "clip_x0 must be True or False"),
 ])
 def test_bad_config_values_get_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -79,6 +80,24 @@ def test_a_conditional_model_samples_the_requested_digits_with_guidance(mnist):
     assert R.evaluate(cfg, model) == {"network_evaluations_per_sample": 8.0}  # two evaluations per guided step
     with pytest.raises(ValueError, match="unconditional: labels must be None"):
         R.sample(R.Config(**TINY), R.build_model(R.Config(**TINY)), 2, labels=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_clip_x0_reaches_the_sampler(sampler, monkeypatch):
+    seen = {}
+
+    def fake(*args, clip_x0=False, **kwargs):
+        seen["clip_x0"] = clip_x0
+        return torch.zeros(2, 1, 28, 28)
+
+    monkeypatch.setattr(R, f"{sampler}_sample", fake)
+    for clip in (False, True):
+        cfg = R.Config(channels=8, T=10, sample_steps=2, sampler=sampler, clip_x0=clip)
+        R.sample(cfg, R.build_model(cfg), 2)
+        assert seen["clip_x0"] is clip
+    args = __import__("companion.cli", fromlist=["build_parser"]).build_parser().parse_args(
+        ["train", "ddpm", "--clip-x0"])
+    assert args.cfg_clip_x0 is True
 
 
 def test_a_self_conditioned_model_draws_its_clusters_and_is_guided_towards_them(mnist):

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -216,3 +217,28 @@ def test_chinese_search_finds_a_chapter_by_a_chinese_word(site):
     results = site["checker"].search("注意力", search_page="zh/search.html")
     found = [r.split("#")[0].split("?")[0] for r in results]
     assert path in found, f"searching 注意力 on the Chinese site did not find {path}; results: {results[:10]}"
+
+
+def _figure_files(report) -> set[str]:
+    """The file names of a page's figures made by code cells (myst-nb names them by their content's hash)."""
+    return {Path(urlsplit(img["src"]).path).name for img in report.images if "/_images/" in img["src"]
+            and re.fullmatch(r"[0-9a-f]{64}\.png", Path(urlsplit(img["src"]).path).name)}
+
+
+def test_chinese_pages_show_figures_drawn_with_chinese_words(site):
+    """companion.figure_translation: the Chinese page of a chapter shows its own pictures, not the English ones."""
+    path = "notebooks/05_1_elbo.html"
+    english, chinese = _figure_files(site["reports"][path]), _figure_files(site["reports"][f"zh/{path}"])
+    assert english, f"{path}: no figure made by a code cell"
+    assert len(chinese) == len(english), f"{path}: {len(english)} figures in English, {len(chinese)} in Chinese"
+    assert chinese.isdisjoint(english), f"{path}: the Chinese page shows English pictures: {chinese & english}"
+
+
+def test_each_edition_shows_its_own_picture_inside_widgets(site):
+    """A figure inside a saved widget carries both pictures; the page's language decides which one is seen."""
+    path = "notebooks/02_3_transformer.html"
+    for page, shown, hidden in [(path, "en", "zh"), (f"zh/{path}", "zh", "en")]:
+        images = [img for img in site["reports"][page].images if "companion-lang-" in img["classes"]]
+        assert images, f"{page}: no widget figure with pictures in both languages"
+        assert all(img["visible"] for img in images if f"companion-lang-{shown}" in img["classes"]), page
+        assert not any(img["visible"] for img in images if f"companion-lang-{hidden}" in img["classes"]), page

@@ -99,6 +99,8 @@ async ({widgetTimeout}) => {
     url: img.currentSrc || img.src,
     alt: img.getAttribute('alt'),
     natural_width: img.naturalWidth,
+    visible: img.getClientRects().length > 0,
+    classes: img.className || '',
   }));
   out.dropdowns = document.querySelectorAll('.dropdown.admonition').length;
   out.title = document.title;

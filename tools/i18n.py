@@ -41,6 +41,8 @@ CATALOGS = LOCALES / LANGUAGE / "LC_MESSAGES"
 POT_DIR = ROOT / "_build" / "gettext"
 SITE = ROOT / "_build" / "html"
 ZH_SITE = SITE / "zh"
+FIGURE_MIME = "image/vnd.companion.zh-cn+png"  # companion.figure_translation.MIME (tests check they agree)
+EXECUTION_CACHE = ROOT / "_build" / ".jupyter_cache"  # the English build's executions (shared by both editions)
 
 # Messages taken from the package's docstrings (the API reference) are code documentation shared
 # by both editions, as the code is: the Chinese API page translates its own prose only.
@@ -284,15 +286,71 @@ def figure_alt_texts() -> list[tuple[str, int, str]]:
     return found
 
 
+def _figure_records(node, found: list) -> None:
+    """Every record of :mod:`companion.figure_translation` in an executed notebook's JSON (outputs,
+    glued values and the outputs inside saved widget states alike)."""
+    if isinstance(node, dict):
+        record = node.get("metadata", {}).get(FIGURE_MIME) if isinstance(node.get("metadata"), dict) else None
+        if isinstance(record, dict):
+            found.append(record)
+        for value in node.values():
+            _figure_records(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _figure_records(value, found)
+
+
+def figure_texts() -> list[tuple[str, int, str, bool]]:
+    """(notebook, cell number, template, drawn translated?) of every word-bearing text drawn inside a
+    figure by the English build's execution (its cache, ``_build/.jupyter_cache``; see companion.figure_translation)."""
+    import nbformat
+    from jupyter_cache import get_cache
+
+    if not EXECUTION_CACHE.is_dir():
+        raise SystemExit(f"no execution cache in {EXECUTION_CACHE}: build the English book first "
+                         "(the words inside figures are collected from its execution)")
+    cache = get_cache(str(EXECUTION_CACHE))
+    found = []
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        try:  # the cached execution of the notebook as it is now (matched by its code)
+            record = cache.match_cache_notebook(nbformat.read(notebook, as_version=4))
+        except KeyError:
+            raise SystemExit(f"{notebook.name} has no cached execution: build the English book first") from None
+        nb = cache.get_cache_bundle(record.pk).nb
+        outputs = [o for cell in nb["cells"] for o in cell.get("outputs", [])]
+        if any("image/png" in o.get("data", {}) for o in outputs) and not any(
+                FIGURE_MIME in o.get("data", {}) for o in outputs):
+            raise SystemExit(f"{notebook.name} was executed without drawing its figures in Chinese: execute it with "
+                             "COMPANION_FIGURE_TRANSLATIONS set (make book does), after removing _build/.jupyter_cache")
+        for number, cell in enumerate(nb["cells"]):
+            records: list = []
+            _figure_records(cell.get("outputs", []), records)
+            for record in records:
+                found += [(f"notebooks/{notebook.name}", number, t, True) for t in record.get("texts", [])]
+                found += [(f"notebooks/{notebook.name}", number, t, False) for t in record.get("untranslated", [])]
+        widget_records: list = []
+        _figure_records(nb.get("metadata", {}).get("widgets", {}), widget_records)
+        for record in widget_records:
+            found += [(f"notebooks/{notebook.name}", 0, t, True) for t in record.get("texts", [])]
+            found += [(f"notebooks/{notebook.name}", 0, t, False) for t in record.get("untranslated", [])]
+    return found
+
+
 def write_figures_pot(target: Path) -> None:
     """The catalog template ``figures``: the alt texts that the pages' prose does not contain
-    (translated in the Chinese build by ``tools/sphinx_i18n_extras.py``)."""
+    (translated in the Chinese build by ``tools/sphinx_i18n_extras.py``) and the words drawn inside
+    the figures (translated while the notebooks execute, by companion.figure_translation)."""
     from babel.messages.catalog import Catalog
     from babel.messages.pofile import write_po
 
     catalog = Catalog(project="figures", charset="utf-8")
     for notebook, number, alt in figure_alt_texts():
         catalog.add(alt, locations=[(f"../{notebook}", number)])
+    for notebook, number, text, _ in figure_texts():
+        if text in catalog:
+            catalog[text].locations.append((f"../{notebook}", number))
+        else:
+            catalog.add(text, locations=[(f"../{notebook}", number)])
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("wb") as f:
         write_po(f, catalog, width=0)
@@ -326,6 +384,9 @@ def build_overrides() -> dict:
         "nitpicky": True,
         "html_title": "从第一性原理出发的生成模型",
         "html_search_language": "zh",
+        # every figure's picture with its words translated (companion.figure_translation), stored
+        # beside the English one by the shared execution, comes first
+        "nb_mime_priority_overrides": [("*", FIGURE_MIME, 15)],
     }
 
 
@@ -380,6 +441,10 @@ def main(argv: list[str]) -> int:
         return 1 if build() else 0
     else:
         problems = check_catalogs(CATALOGS, POT_DIR if POT_DIR.exists() else None)
+        if EXECUTION_CACHE.is_dir():  # a picture of the Chinese edition drawn with English words in it
+            problems += [Problem("figures", text, f"drawn untranslated inside a figure of {notebook} (translate it "
+                                 "in figures.po, then build again)")
+                         for notebook, _, text, translated in figure_texts() if not translated]
         for p in problems[:200]:
             print(p)
         count = sum(

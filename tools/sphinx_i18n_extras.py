@@ -23,6 +23,12 @@ whose ``language`` is not English this extension replaces each image's ``alt`` b
 from that catalog (the same ``.mo`` files Sphinx compiles for the pages). Texts without a
    translation are left as they are (``tools/i18n.py check`` fails on them).
 
+5. **Words inside figures.** While the English build executes the notebooks, every figure is drawn a
+   second time with its words translated (:mod:`companion.figure_translation`) and stored beside
+   the English ``image/png`` under its own MIME type. A build whose ``language`` is not English
+   ranks that type first (``nb_mime_priority_overrides``, set by ``tools/i18n.py``) and renders it
+   as the PNG it is.
+
 Enable in ``_config.yml``::
 
     sphinx:
@@ -116,6 +122,31 @@ def let_translations_read_glued_values() -> None:
     utils.retrieve_glue_data = roles.retrieve_glue_data = retrieve_glue_data
 
 
+def render_translated_figures() -> None:
+    """The translated picture of a figure (``companion.figure_translation.MIME``) is a PNG."""
+    import dataclasses
+
+    from myst_nb.core.render import NbElementRenderer
+
+    from companion.figure_translation import MIME
+
+    for name in ("render_mime_type", "render_mime_type_inline"):
+        original = getattr(NbElementRenderer, name)
+        if getattr(original, "_translated_figures", False):
+            continue
+
+        def render(self, data, _original=original, _name=name):
+            if data.mime_type == MIME:
+                data = dataclasses.replace(data, mime_type="image/png")
+                if _name == "render_mime_type_inline":
+                    return self.render_image_inline(data)
+                return self.render_image(data)
+            return _original(self, data)
+
+        render._translated_figures = True
+        setattr(NbElementRenderer, name, render)
+
+
 def register_translated_exercises(app, doctree) -> None:
     """sphinx-exercise keeps a copy of each exercise, made before translation, from which the
     solutions' titles ("Solution to Exercise 3 (title)") are written: copy the translated one."""
@@ -190,6 +221,7 @@ def translate_alt(app, doctree) -> None:
 def setup(app):
     make_exercise_titles_translatable()
     let_translations_read_glued_values()
+    render_translated_figures()
     app.connect("doctree-read", translate_alt)
     app.connect("doctree-read", collect_exercise_titles)
     app.connect("doctree-read", register_translated_exercises)

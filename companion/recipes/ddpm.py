@@ -51,7 +51,7 @@ __all__ = ["Config", "config_dict", "build_model", "betas_of", "train", "sample"
 
 @dataclass
 class Config:
-    """Every setting of a DDPM run on MNIST (JSON-serialisable; the cache key of ``train_or_load``).
+    r"""Every setting of a DDPM run on MNIST (JSON-serialisable; the cache key of ``train_or_load``).
 
     Attributes:
         channels: the U-Net's width C at full resolution.
@@ -65,6 +65,8 @@ class Config:
         guidance: the classifier-free guidance scale w for conditional samples (1 = no guidance).
         self_condition: K >= 2 conditions an unconditional model on K k-means clusters of the training images
             (guided by ``guidance``); 0 = off.
+        clip_x0: the samplers clip the predicted :math:`\hat x_0` to ``[-1, 1]`` at every step (see
+            :mod:`companion.diffusion`).
     """
 
     channels: int = 16
@@ -85,6 +87,7 @@ class Config:
     p_uncond: float = 0.1
     guidance: float = 2.0
     self_condition: int = 0
+    clip_x0: bool = False
 
     def __post_init__(self):
         check_training_fields(self)
@@ -98,6 +101,8 @@ class Config:
             raise ValueError(f"sample_steps must be <= T = {self.T} for DDIM, got {self.sample_steps}")
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta!r}")
+        if not isinstance(self.clip_x0, bool):
+            raise ValueError(f"clip_x0 must be True or False, got {self.clip_x0!r}")
         if not isinstance(self.conditional, bool):
             raise ValueError(f"conditional must be True or False, got {self.conditional!r}")
         if not 0.0 <= self.p_uncond < 1.0:
@@ -167,9 +172,9 @@ def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None =
 
     if cfg.sampler == "ddim":
         x = ddim_sample(eps_model, (n, 1, 28, 28), alpha_bar_from_betas(betas), cfg.sample_steps, cfg.eta,
-                        generator=generator)
+                        generator=generator, clip_x0=cfg.clip_x0)
     else:
-        x = ddpm_sample(eps_model, (n, 1, 28, 28), betas, generator=generator)
+        x = ddpm_sample(eps_model, (n, 1, 28, 28), betas, generator=generator, clip_x0=cfg.clip_x0)
     model.train(was_training)
     return ((x + 1) / 2).clamp(0, 1)
 
