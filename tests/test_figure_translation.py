@@ -157,3 +157,9 @@ def test_figure_records_are_found_in_outputs_glue_and_widget_states():
     found = []
     i18n._figure_records(notebook_part, found)
     assert found == [record, {"texts": ["x y"], "untranslated": []}]
+
+
+def test_without_a_chinese_font_the_error_names_the_font_to_install(monkeypatch):
+    monkeypatch.setattr(ft, "CJK_FONTS", ("No Such Font Sans CJK",))
+    with pytest.raises(RuntimeError, match="apt-get install fonts-wqy-microhei"):
+        ft.cjk_font()

@@ -95,9 +95,9 @@ def test_clip_x0_reaches_the_sampler(sampler, monkeypatch):
         cfg = R.Config(channels=8, T=10, sample_steps=2, sampler=sampler, clip_x0=clip)
         R.sample(cfg, R.build_model(cfg), 2)
         assert seen["clip_x0"] is clip
-    args = __import__("companion.cli", fromlist=["build_parser"]).build_parser().parse_args(
-        ["train", "ddpm", "--clip-x0"])
-    assert args.cfg_clip_x0 is True
+    from companion.cli import build_parser
+
+    assert build_parser().parse_args(["train", "ddpm", "--clip-x0"]).cfg_clip_x0 is True
 
 
 def test_a_self_conditioned_model_draws_its_clusters_and_is_guided_towards_them(mnist):

@@ -322,17 +322,14 @@ def figure_texts() -> list[tuple[str, int, str, bool]]:
                 FIGURE_MIME in o.get("data", {}) for o in outputs):
             raise SystemExit(f"{notebook.name} was executed without drawing its figures in Chinese: execute it with "
                              "COMPANION_FIGURE_TRANSLATIONS set (make book does), after removing _build/.jupyter_cache")
-        for number, cell in enumerate(nb["cells"]):
+        # each cell's outputs, then the saved widgets' outputs (listed under cell 0)
+        parts = [(number, cell.get("outputs", [])) for number, cell in enumerate(nb["cells"])]
+        for number, part in parts + [(0, nb.get("metadata", {}).get("widgets", {}))]:
             records: list = []
-            _figure_records(cell.get("outputs", []), records)
+            _figure_records(part, records)
             for record in records:
-                found += [(f"notebooks/{notebook.name}", number, t, True) for t in record.get("texts", [])]
-                found += [(f"notebooks/{notebook.name}", number, t, False) for t in record.get("untranslated", [])]
-        widget_records: list = []
-        _figure_records(nb.get("metadata", {}).get("widgets", {}), widget_records)
-        for record in widget_records:
-            found += [(f"notebooks/{notebook.name}", 0, t, True) for t in record.get("texts", [])]
-            found += [(f"notebooks/{notebook.name}", 0, t, False) for t in record.get("untranslated", [])]
+                found += [(f"notebooks/{notebook.name}", number, t, ok)
+                          for ok, key in ((True, "texts"), (False, "untranslated")) for t in record.get(key, [])]
     return found
 
 
