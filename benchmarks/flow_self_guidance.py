@@ -38,7 +38,7 @@ N = mnist_targets.N
 
 def markdown(results: dict) -> str:
     base, meta = results["baseline"], results["meta"]
-    clip = any("clip_x0" in r for r in results["rows"])
+    clip = any(r.get("clip_x0") for r in results["rows"])
     lines = ["| guidance w" + (" | clipped $\\hat x_0$" if clip else "")
              + " | feature FID ↓ | classifier IS ↑ | rarest digit | commonest digit | sampling s |",
              "|---|---|---|---|---|---|" + ("---|" if clip else ""),
@@ -48,7 +48,9 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['guidance']:g}" + ((" | yes" if r["clip_x0"] else " | no") if clip else "")
                      + f" | {r['fid']:.1f} | {r['inception_score']:.2f} | {r['digit_min']:.1%} | "
                      f"{r['digit_max']:.1%} | {r['sample_seconds']:.0f} |")
-    lines += ["", f"Produced by `benchmarks/flow_self_guidance.py`: `{meta['model']}` self-conditioned on "
+    pred = meta["config"].get("prediction")
+    lines += ["", f"Produced by `benchmarks/flow_self_guidance.py`: `{meta['model']}`"
+              + (f" (predicting {'the noise' if pred == 'eps' else 'v'})" if pred else "") + " self-conditioned on "
               f"{meta['clusters']} k-means clusters, seed {meta['seed']}, trained once in "
               f"{meta['train_seconds']:.0f} s "
               f"(torch {meta['torch']}, {meta['threads']} thread(s), data: {meta['data']}); 1,000 samples per row. "
@@ -63,6 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-x0", action="store_true", help="ddpm only: clip the predicted x0 to [-1, 1]")
+    parser.add_argument("--prediction", choices=["eps", "v"], default=None,
+                        help="ddpm only: what the network predicts (default: the command line's)")
     parser.add_argument("--also-unclipped", type=float, nargs="*", default=[],
                         help="with --clip-x0: guidance scales sampled a second time without clipping (same network)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the command line's)")
@@ -75,6 +79,8 @@ def main(argv=None) -> None:
         parser.error(f"--clusters must be >= 2, got {args.clusters}")
     if args.clip_x0 and args.model != "ddpm":
         parser.error("--clip-x0 applies to --model ddpm only")
+    if args.prediction and args.model != "ddpm":
+        parser.error("--prediction applies to --model ddpm only")
     if args.also_unclipped and not args.clip_x0:
         parser.error("--also-unclipped compares with --clip-x0; give both")
     for suffix in (".json", ".md"):  # nothing a user made is overwritten by surprise: say where it goes
@@ -85,7 +91,8 @@ def main(argv=None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         classifier = mnist_classifier(progress=progress)
-        overrides = {"self_condition": args.clusters, "seed": args.seed, **({"clip_x0": True} if args.clip_x0 else {})}
+        overrides = {"self_condition": args.clusters, "seed": args.seed, **({"clip_x0": True} if args.clip_x0 else {}),
+                     **({"prediction": args.prediction} if args.prediction else {})}
         cfg = make_config(args.model, {**overrides, **({"steps": args.steps} if args.steps is not None else {})})
         model, history, _ = train_model(args.model, cfg, progress=progress, retrain=True)
         rows = []

@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "gradient_estimators": 1,
     "flows": 1,
     "diffusion": 1,
+    "v_prediction": 1,
     "flow_matching": 1,
     "unet": 1,
     "autoencoder": 1,

@@ -55,6 +55,7 @@ def test_the_schedules_are_the_papers():
     ("guidance", -1.0, "guidance must be >= 0"),
     ("channels", 20, "multiple of 8"),
     ("clip_x0", 1, "clip_x0 must be True or False"),
+    ("prediction", "x0", "prediction must be .eps. .the noise. or .v."),
 ])
 def test_bad_config_values_get_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -132,3 +133,36 @@ def test_guidance_zero_and_one_take_one_network_call_and_equal_the_guided_formul
                        alpha_bar, cfg.sample_steps, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(fast, ((slow + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-5)
     assert R.evaluate(cfg, model) == {"network_evaluations_per_sample": 4.0}
+
+
+def test_a_v_predicting_run_trains_on_v_and_samples_through_its_noise(mnist, monkeypatch):
+    """prediction="v": the loss is v_loss (a tiny run lowers it), and the samplers receive eps_from_v of the
+    network's output, guided or not."""
+    from companion import v_prediction
+
+    cfg = R.Config(**{**TINY, "lr": 3e-3, "prediction": "v", "conditional": True, "guidance": 2.0})
+    model = R.build_model(cfg)
+    loss = R.train(cfg, model, progress=False)["loss"]
+    assert sum(loss[-10:]) / 10 < 0.8 * sum(loss[:10]) / 10
+    seen = {}
+
+    def fake(eps_model, shape, alpha_bar, steps, eta, generator=None, clip_x0=False):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        t = torch.full((shape[0],), 30)
+        seen["eps"], seen["x"], seen["ab"] = eps_model(x, t), x, alpha_bar[30]
+        return x.clamp(-1, 1)
+
+    monkeypatch.setattr(R, "ddim_sample", fake)
+    R.sample(cfg, model.eval(), 4, labels=torch.arange(4))
+    x, labels = seen["x"], torch.arange(4)
+    with torch.no_grad():
+        both = model(torch.cat([x, x]), torch.full((8,), 30), torch.cat([labels, torch.full_like(labels, 10)]))
+    v_guided = both[4:] + 2.0 * (both[:4] - both[4:])
+    want = v_prediction.eps_from_v(v_guided, x, seen["ab"])
+    torch.testing.assert_close(seen["eps"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_command_line_offers_the_prediction():
+    from companion.cli import build_parser
+
+    assert build_parser().parse_args(["train", "ddpm", "--prediction", "v"]).cfg_prediction == "v"

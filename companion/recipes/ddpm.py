@@ -22,6 +22,9 @@ With ``conditional=True`` the network also sees the digit, dropped to the null l
 unconditional model on K k-means clusters of the training images instead of digits, as in the
 flow-matching recipe (:func:`companion.recipes.flow_matching.fit_field`).
 
+With ``prediction="v"`` the network predicts :math:`v = \sqrt{\bar\alpha_t}\, \varepsilon - \sqrt{1 - \bar\alpha_t}\,
+x_0` instead (:mod:`companion.v_prediction`), which weighs the image error of the noisiest steps far more.
+
 Sampling: ``"ddim"`` (deterministic for ``eta = 0``, ``sample_steps`` network evaluations) or
 ``"ddpm"`` (ancestral, all ``T`` steps).
 """
@@ -45,6 +48,7 @@ from companion.diffusion import (
 from companion.recipes.flow_matching import check_training_fields, fit_field, sample_clusters, seeded_unet
 from companion.train import History
 from companion.unet import UNet
+from companion.v_prediction import eps_model_from_v, v_loss
 
 __all__ = ["Config", "config_dict", "build_model", "betas_of", "train", "sample", "evaluate"]
 
@@ -67,6 +71,8 @@ class Config:
             (guided by ``guidance``); 0 = off.
         clip_x0: the samplers clip the predicted :math:`\hat x_0` to ``[-1, 1]`` at every step (see
             :mod:`companion.diffusion`).
+        prediction: what the network predicts, ``"eps"`` (the noise, :func:`~companion.diffusion.ddpm_loss`) or
+            ``"v"`` (the velocity, :func:`~companion.v_prediction.v_loss`); samplers receive the noise either way.
     """
 
     channels: int = 16
@@ -88,6 +94,7 @@ class Config:
     guidance: float = 2.0
     self_condition: int = 0
     clip_x0: bool = False
+    prediction: str = "eps"
 
     def __post_init__(self):
         check_training_fields(self)
@@ -101,6 +108,8 @@ class Config:
             raise ValueError(f"sample_steps must be <= T = {self.T} for DDIM, got {self.sample_steps}")
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta!r}")
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' (the noise) or 'v' (the velocity), got {self.prediction!r}")
         if not isinstance(self.clip_x0, bool):
             raise ValueError(f"clip_x0 must be True or False, got {self.clip_x0!r}")
         if not isinstance(self.conditional, bool):
@@ -133,10 +142,13 @@ def train(cfg: Config, model: UNet, *, progress: bool = True, callback=None) -> 
     """Minimise :math:`\\mathcal L_{simple}`; records ``loss`` and ``lr`` per step (see the module docstring)."""
     alpha_bar = alpha_bar_from_betas(betas_of(cfg)).float()
 
-    def loss_fn(net, x, labels, gen):
-        return ddpm_loss(net, x, alpha_bar, generator=gen, labels=labels)
+    loss = v_loss if cfg.prediction == "v" else ddpm_loss
 
-    desc = f"DDPM ({cfg.schedule} schedule, T = {cfg.T}{', conditional' if cfg.conditional else ''}" \
+    def loss_fn(net, x, labels, gen):
+        return loss(net, x, alpha_bar, generator=gen, labels=labels)
+
+    desc = f"DDPM ({cfg.schedule} schedule, T = {cfg.T}, predicts {cfg.prediction}" \
+        + (", conditional" if cfg.conditional else "") \
         + (f", self-conditioned, K = {cfg.self_condition})" if cfg.self_condition else ")")
     return fit_field(cfg, model, loss_fn, desc, progress=progress, callback=callback)
 
@@ -157,7 +169,8 @@ def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None =
     was_training = model.training
     model.eval()
     betas = betas_of(cfg)
-    eps_model = model
+    net = eps_model_from_v(model, alpha_bar_from_betas(betas)) if cfg.prediction == "v" else model
+    eps_model = net
     if cfg.self_condition:
         labels = sample_clusters(model, n, generator)
     if cfg.conditional or cfg.self_condition:
@@ -167,8 +180,8 @@ def sample(cfg: Config, model: UNet, n: int, generator: torch.Generator | None =
 
         def eps_model(x: Tensor, t: Tensor) -> Tensor:
             if cfg.guidance in (0, 1):  # one network call: unconditional (w = 0) or plain conditional (w = 1)
-                return model(x, t, labels if cfg.guidance == 1 else torch.full_like(labels, model.null_label))
-            return guided_eps(model, x, t, labels, cfg.guidance, model.null_label)
+                return net(x, t, labels if cfg.guidance == 1 else torch.full_like(labels, model.null_label))
+            return guided_eps(net, x, t, labels, cfg.guidance, model.null_label)
 
     if cfg.sampler == "ddim":
         x = ddim_sample(eps_model, (n, 1, 28, 28), alpha_bar_from_betas(betas), cfg.sample_steps, cfg.eta,
