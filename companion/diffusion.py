@@ -288,16 +288,18 @@ def ddpm_loss(model: EpsModel, x0: Tensor, alpha_bar: Tensor, generator: torch.G
     Returns:
         scalar loss (mean squared error per entry).
     """
+    t, noise, x_t = _draw_x_t(x0, alpha_bar, generator, t, noise)
+    return F.mse_loss(_call(model, x_t, t, labels), noise)
+
+
+def _draw_x_t(x0: Tensor, alpha_bar: Tensor, generator, t: Tensor | None, noise: Tensor | None):
+    """``(t, noise, x_t)`` for a loss: steps uniform on ``0 .. T-1`` (drawn first), then the noise, unless given."""
     _check_alpha_bar(alpha_bar)
     if x0.ndim < 1 or x0.shape[0] == 0:
         raise ValueError(f"x0 must be a non-empty batch (B, ...), got shape {tuple(x0.shape)}")
-    B = x0.shape[0]
-    if t is None:
-        t = torch.randint(0, alpha_bar.numel(), (B,), generator=generator).to(x0.device)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    x_t = q_sample(x0, t, noise, alpha_bar)
-    return F.mse_loss(_call(model, x_t, t, labels), noise)
+    t = torch.randint(0, alpha_bar.numel(), (x0.shape[0],), generator=generator).to(x0.device) if t is None else t
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) if noise is None else noise
+    return t, noise, q_sample(x0, t, noise, alpha_bar)
 
 
 def _start(shape: Sequence[int], x_T: Tensor | None, dtype: torch.dtype, device: torch.device | str | None,

@@ -39,13 +39,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from companion.checks import verdict
-from companion.diffusion import _call, _check_alpha_bar, _per_example, _same, _try, q_sample
+from companion.diffusion import _call, _check_alpha_bar, _draw_x_t, _per_example, _same, _try
 
 __all__ = ["v_target", "eps_from_v", "x0_from_v", "v_loss", "eps_model_from_v", "check_x0_from_v"]
 
 
-def _coefficients(alpha_bar_t: Tensor | float, like: Tensor) -> tuple[Tensor, Tensor]:
-    ab = torch.as_tensor(alpha_bar_t, dtype=like.dtype, device=like.device)
+def _coefficients(first: Tensor, second: Tensor, alpha_bar_t: Tensor | float, names: str) -> tuple[Tensor, Tensor]:
+    r""":math:`(\sqrt{\bar\alpha_t}, \sqrt{1 - \bar\alpha_t})` for two tensors of one shape (``names``: theirs)."""
+    if first.shape != second.shape:
+        raise ValueError(f"{names} must have the same shape, got {tuple(first.shape)} and {tuple(second.shape)}")
+    ab = torch.as_tensor(alpha_bar_t, dtype=first.dtype, device=first.device)
     if not bool(((ab > 0) & (ab <= 1)).all()):
         raise ValueError(f"alpha_bar_t must be in (0, 1], got values in [{float(ab.min())}, {float(ab.max())}]")
     return ab.sqrt(), (1 - ab).sqrt()
@@ -53,25 +56,19 @@ def _coefficients(alpha_bar_t: Tensor | float, like: Tensor) -> tuple[Tensor, Te
 
 def v_target(x0: Tensor, noise: Tensor, alpha_bar_t: Tensor | float) -> Tensor:
     r""":math:`v = \sqrt{\bar\alpha_t}\, \varepsilon - \sqrt{1 - \bar\alpha_t}\, x_0`; ``x0, noise: (B, ...)``."""
-    if x0.shape != noise.shape:
-        raise ValueError(f"x0 and noise must have the same shape, got {tuple(x0.shape)} and {tuple(noise.shape)}")
-    a, s = _coefficients(alpha_bar_t, x0)
+    a, s = _coefficients(x0, noise, alpha_bar_t, "x0 and noise")
     return a * noise - s * x0
 
 
 def eps_from_v(v: Tensor, x_t: Tensor, alpha_bar_t: Tensor | float) -> Tensor:
     r""":math:`\varepsilon = \sqrt{\bar\alpha_t}\, v + \sqrt{1 - \bar\alpha_t}\, x_t`; ``v, x_t: (B, ...)``."""
-    if v.shape != x_t.shape:
-        raise ValueError(f"v and x_t must have the same shape, got {tuple(v.shape)} and {tuple(x_t.shape)}")
-    a, s = _coefficients(alpha_bar_t, v)
+    a, s = _coefficients(v, x_t, alpha_bar_t, "v and x_t")
     return a * v + s * x_t
 
 
 def x0_from_v(v: Tensor, x_t: Tensor, alpha_bar_t: Tensor | float) -> Tensor:
     r""":math:`x_0 = \sqrt{\bar\alpha_t}\, x_t - \sqrt{1 - \bar\alpha_t}\, v`; ``v, x_t: (B, ...)``."""
-    if v.shape != x_t.shape:
-        raise ValueError(f"v and x_t must have the same shape, got {tuple(v.shape)} and {tuple(x_t.shape)}")
-    a, s = _coefficients(alpha_bar_t, v)
+    a, s = _coefficients(v, x_t, alpha_bar_t, "v and x_t")
     return a * x_t - s * v
 
 
@@ -87,15 +84,7 @@ def v_loss(model: Callable[..., Tensor], x0: Tensor, alpha_bar: Tensor, generato
         x0: ``(B, *x_shape)`` data; alpha_bar: ``(T,)`` schedule; labels: ``(B,)`` or None.
         t, noise: fix the steps or the noise instead of drawing them.
     """
-    _check_alpha_bar(alpha_bar)
-    if x0.ndim < 1 or x0.shape[0] == 0:
-        raise ValueError(f"x0 must be a non-empty batch (B, ...), got shape {tuple(x0.shape)}")
-    B = x0.shape[0]
-    if t is None:
-        t = torch.randint(0, alpha_bar.numel(), (B,), generator=generator).to(x0.device)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    x_t = q_sample(x0, t, noise, alpha_bar)
+    t, noise, x_t = _draw_x_t(x0, alpha_bar, generator, t, noise)
     target = v_target(x0, noise, _per_example(alpha_bar, t, x0))
     return F.mse_loss(_call(model, x_t, t, labels), target)
 
