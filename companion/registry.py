@@ -67,7 +67,10 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               "Euler sampler (MNIST)", fixed={"conditional": False}, defaults=SELF_CONDITION),
     ModelSpec("cflow", "companion.recipes.flow_matching", "digit-conditional flow matching, classifier-free "
               "guidance (MNIST)", fixed={"conditional": True}, conditional=True),
-    ModelSpec("ddpm", "companion.recipes.ddpm", "denoising diffusion (DDPM) with a U-Net, DDIM sampler (MNIST)"),
+    # the DDPM predicts v and is self-guided like the flow: chapter 07_3, benchmarks/results/ddpm_v_self_guidance.json
+    ModelSpec("ddpm", "companion.recipes.ddpm", "denoising diffusion (DDPM) with a U-Net predicting v, self-guided by "
+              "100 clusters, DDIM sampler (MNIST)",
+              defaults={"prediction": "v", **SELF_CONDITION}),
     ModelSpec("gpt", "companion.recipes.gpt", "character-level GPT on tiny-shakespeare", kind="text"),
     ModelSpec("transformer", "companion.recipes.transformer", "encoder-decoder Transformer", kind="text"),
     ModelSpec("classifier", "companion.recipes.classifier", "the MNIST CNN classifier behind the image metrics",
