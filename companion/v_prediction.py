@@ -19,8 +19,8 @@ determines the others given :math:`x_t` (:func:`eps_from_v`, :func:`x0_from_v`):
 So the errors are tied: :math:`\|\hat\varepsilon - \varepsilon\|^2 = \bar\alpha_t \|\hat v - v\|^2` and
 :math:`\|\hat x_0 - x_0\|^2 = (1 - \bar\alpha_t) \|\hat v - v\|^2`. In terms of the image error, the noise loss
 weighs step :math:`t` by the signal-to-noise ratio :math:`\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)`, the
-v-loss (:func:`v_loss`) by :math:`1 + \mathrm{SNR}_t`: at the noisiest steps, where the noise loss lets the
-image error grow without bound, the v-loss still asks for a good image.
+v-loss (:func:`v_loss`) by :math:`1 + \mathrm{SNR}_t`: at the noisiest steps, where the noise loss hardly
+sees the image error, the v-loss still asks for a good image.
 
 The samplers of :mod:`companion.diffusion` take a noise predictor; :func:`eps_model_from_v` turns a v-predictor
 into one (classifier-free guidance commutes with it: :math:`\varepsilon` is affine in :math:`v` at fixed
